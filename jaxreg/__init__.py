@@ -1,0 +1,97 @@
+"""jaxreg: functional regularization for JAX, Flax and optax.
+
+Penalties are pure functions ``params -> scalar``; weight decay, proximal steps,
+constraints and clipping are optax ``GradientTransformation``s; masks choose the
+leaves. Everything is safe under ``jax.jit``, ``jax.vmap`` and
+``optax.inject_hyperparams``.
+"""
+
+from jaxreg import masks, penalties, transforms
+from jaxreg.masks import MaskFn, MaskReport, by_kernels, by_ndim, by_path, mask_report, resolve_mask
+from jaxreg.penalties import (
+    elastic_net_penalty,
+    group_lasso_penalty,
+    l1_penalty,
+    l2_penalty,
+    orthogonal_penalty,
+    spectral_penalty,
+)
+from jaxreg.transforms import (
+    AddL2DecayState,
+    ClipByGlobalNormState,
+    ClipByUnitNormState,
+    KeepMaxNormState,
+    KeepMinMaxNormState,
+    ProxElasticNetState,
+    ProxGroupLassoState,
+    ProxL1State,
+    SkipNonFiniteState,
+    WeightDecayState,
+    adaptive_grad_clip,
+    add_l2_decay,
+    clip_by_global_norm,
+    clip_by_leaf_norm,
+    clip_by_unit_norm,
+    coupled_weight_decay,
+    decoupled_weight_decay,
+    global_norm,
+    independent_weight_decay,
+    keep_max_norm,
+    keep_min_max_norm,
+    keep_non_negative,
+    keep_unit_norm,
+    prox_elastic_net,
+    prox_group_lasso,
+    prox_l1,
+    skip_non_finite,
+    soft_threshold,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AddL2DecayState",
+    "ClipByGlobalNormState",
+    "ClipByUnitNormState",
+    "KeepMaxNormState",
+    "KeepMinMaxNormState",
+    "MaskFn",
+    "MaskReport",
+    "ProxElasticNetState",
+    "ProxGroupLassoState",
+    "ProxL1State",
+    "SkipNonFiniteState",
+    "WeightDecayState",
+    "adaptive_grad_clip",
+    "add_l2_decay",
+    "by_kernels",
+    "by_ndim",
+    "by_path",
+    "clip_by_global_norm",
+    "clip_by_leaf_norm",
+    "clip_by_unit_norm",
+    "coupled_weight_decay",
+    "decoupled_weight_decay",
+    "elastic_net_penalty",
+    "global_norm",
+    "group_lasso_penalty",
+    "independent_weight_decay",
+    "keep_max_norm",
+    "keep_min_max_norm",
+    "keep_non_negative",
+    "keep_unit_norm",
+    "l1_penalty",
+    "l2_penalty",
+    "mask_report",
+    "masks",
+    "orthogonal_penalty",
+    "penalties",
+    "prox_elastic_net",
+    "prox_group_lasso",
+    "prox_l1",
+    "resolve_mask",
+    "skip_non_finite",
+    "soft_threshold",
+    "spectral_penalty",
+    "transforms",
+]

@@ -17,6 +17,7 @@ from jaxreg.penalties import (
     spectral_penalty,
 )
 from jaxreg.transforms import (
+    AdaptiveGradClipState,
     AddL2DecayState,
     ClipByGlobalNormState,
     ClipByUnitNormState,
@@ -50,6 +51,7 @@ from jaxreg.transforms import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdaptiveGradClipState",
     "AddL2DecayState",
     "ClipByGlobalNormState",
     "ClipByUnitNormState",

@@ -70,7 +70,10 @@ def resolve(value: Hyper, count: jax.Array) -> jax.Array:
 
 def compute_dtype(dtype: Any) -> Any:
     """dtype to compute in: at least float32 (bf16/f16 go up, f64 stays)."""
-    return jnp.promote_types(dtype, jnp.float32)
+    dt = jnp.dtype(dtype)
+    if jnp.issubdtype(dt, jnp.floating) and dt.itemsize >= 4:
+        return dt
+    return jnp.dtype(jnp.float32)
 
 
 def init_count(params: Any) -> jax.Array:

@@ -1,6 +1,7 @@
 """optax ``GradientTransformation``s: weight decay, proximal steps, constraints, clipping."""
 
 from jaxreg.transforms.clipping import (
+    AdaptiveGradClipState,
     ClipByGlobalNormState,
     ClipByUnitNormState,
     SkipNonFiniteState,
@@ -38,6 +39,7 @@ from jaxreg.transforms.proximal import (
 )
 
 __all__ = [
+    "AdaptiveGradClipState",
     "AddL2DecayState",
     "ClipByGlobalNormState",
     "ClipByUnitNormState",

@@ -33,9 +33,11 @@ from jaxreg._util import (
     unit_axes,
     unit_sq_norms,
 )
-from jaxreg.transforms._base import map_masked
+from jaxreg.masks import apply_mask
+from jaxreg.transforms._base import map_masked, require_params
 
 __all__ = [
+    "AdaptiveGradClipState",
     "ClipByGlobalNormState",
     "ClipByUnitNormState",
     "SkipNonFiniteState",
@@ -75,6 +77,10 @@ def global_norm(tree: Any) -> jax.Array:
     """L2 norm of all leaves together, accumulated in float32."""
     sq = [jnp.sum(jnp.square(x.astype(compute_dtype(x.dtype)))) for x in jax.tree.leaves(tree)]
     return jnp.sqrt(sum(sq, jnp.zeros([], jnp.float32)))
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+    return x.astype(compute_dtype(x.dtype))
 
 
 def _scale_leaf(u: jax.Array, scale: jax.Array) -> jax.Array:
@@ -178,18 +184,29 @@ def clip_by_leaf_norm(max_norm: Hyper = 1.0, *, mask: Any = None) -> optax.Gradi
     return clip_by_unit_norm(max_norm, axis="whole", mask=mask)
 
 
+class AdaptiveGradClipState(NamedTuple):
+    count: jax.Array
+
+
 def adaptive_grad_clip(
-    clipping: float = 0.01, eps: float = 1e-3, axis: Any = None
+    clipping: Hyper = 0.01, eps: float = 1e-3, *, axis: Any = None, mask: Any = None
 ) -> optax.GradientTransformation:
-    """Unit-wise adaptive gradient clipping: ``optax.adaptive_grad_clip``, re-exported.
+    """Unit-wise adaptive gradient clipping, wrapping ``optax.adaptive_grad_clip``.
 
     ``g_j <- g_j * min(1, clipping * max(||w_j||, eps) / ||g_j||)`` per unit
-    (Brock et al. 2021, NFNets). Needs params. This only validates the arguments.
+    (Brock et al. 2021, NFNets). optax computes the rule; this wrapper adds
+    argument checks, schedules for ``clipping`` and ``mask=``. Needs params.
 
     Args:
-        clipping: maximum ratio of update norm to parameter norm, >= 0.
+        clipping: maximum ratio of update norm to parameter norm, >= 0; float,
+            schedule or array.
         eps: floor on the parameter norm (zero-initialized weights), >= 0.
-        axis: optax's unit axes; None infers them from the rank.
+        axis: static; optax's unit axes. None infers them from the rank (rank 2:
+            axis 0; rank 4: axes 0, 1, 2 - per output unit for flax kernels).
+        mask: leaves to clip (bool pytree or callable); all when None.
+
+    Returns:
+        An ``optax.GradientTransformation`` with state :class:`AdaptiveGradClipState`.
 
     Example:
         >>> import jax.numpy as jnp, jaxreg
@@ -203,9 +220,23 @@ def adaptive_grad_clip(
         Brock et al., High-performance large-scale image recognition without
         normalization, 2021.
     """
+    check_hyper("clipping", clipping)
     check_non_negative("clipping", clipping)
     check_non_negative("eps", eps)
-    return optax.adaptive_grad_clip(clipping, eps, axis=axis)
+
+    def update_fn(updates, state, params=None):
+        require_params(params, "adaptive_grad_clip")
+        c = resolve(clipping, state.count)
+        tx = apply_mask(optax.adaptive_grad_clip(c, eps, axis=axis), mask)
+        # optax computes in the promoted dtype: hand it float32 and cast back.
+        up, pp = (
+            jax.tree.map(lambda x: x.astype(compute_dtype(x.dtype)), t) for t in (updates, params)
+        )
+        clipped, _ = tx.update(up, tx.init(pp), pp)
+        clipped = jax.tree.map(lambda new, old: new.astype(old.dtype), clipped, updates)
+        return clipped, AdaptiveGradClipState(next_count(state.count))
+
+    return optax.GradientTransformation(lambda p: AdaptiveGradClipState(init_count(p)), update_fn)
 
 
 def _all_finite(tree: Any) -> jax.Array:

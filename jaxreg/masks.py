@@ -217,18 +217,26 @@ def _checked(mask: Any, name: str) -> Callable[[Any], Any]:
     return lambda tree: resolve_mask(mask, tree, name=name)
 
 
+def check_mask(mask: Any, name: str = "mask") -> None:
+    """Construction-time check: None, a callable, or a pytree of Python bools.
+
+    The structure can only be checked against params, at init/update time.
+    """
+    if mask is None or callable(mask):
+        return
+    for path, leaf in leaves_with_paths(mask):
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise ValueError(
+                f"{name} leaves must be Python bools (masks are static), got "
+                f"{type(leaf).__name__} at '{path}'."
+            )
+
+
 def apply_mask(tx: optax.GradientTransformation, mask: Any, name: str = "mask"):
     """``optax.masked(tx, mask)`` with structure checks; ``tx`` itself if mask is None."""
     if mask is None:
         return tx
-    if not callable(mask):
-        # Validate leaf types now; structure is checked against params at init.
-        for path, leaf in leaves_with_paths(mask):
-            if not isinstance(leaf, (bool, np.bool_)):
-                raise ValueError(
-                    f"{name} leaves must be Python bools (masks are static), got "
-                    f"{type(leaf).__name__} at '{path}'."
-                )
+    check_mask(mask, name)
     return optax.masked(tx, _checked(mask, name))
 
 

@@ -9,7 +9,7 @@ import jax
 import optax
 
 from jaxreg._util import NO_PARAMS, compute_dtype, init_count, next_count, path_str
-from jaxreg.masks import resolve_mask
+from jaxreg.masks import check_mask, resolve_mask
 
 
 def require_params(params: Any, name: str) -> None:
@@ -46,6 +46,7 @@ def last_in_chain(name: str, state_cls: Any, new_params: Callable, mask: Any):
     wider, returned in the dtype of the updates. ``state_cls(count)`` is the state;
     ``None`` gives ``optax.EmptyState`` for transforms with nothing to schedule.
     """
+    check_mask(mask)
 
     def init_fn(params):
         return optax.EmptyState() if state_cls is None else state_cls(init_count(params))

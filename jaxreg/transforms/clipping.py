@@ -33,7 +33,7 @@ from jaxreg._util import (
     unit_axes,
     unit_sq_norms,
 )
-from jaxreg.masks import apply_mask
+from jaxreg.masks import apply_mask, check_mask
 from jaxreg.transforms._base import map_masked, require_params
 
 __all__ = [
@@ -156,6 +156,7 @@ def clip_by_unit_norm(
     check_hyper("max_norm", max_norm)
     check_non_negative("max_norm", max_norm)
     check_axis_spec(axis)
+    check_mask(mask)
 
     def update_fn(updates, state, params=None):
         c = resolve(max_norm, state.count)
@@ -223,6 +224,7 @@ def adaptive_grad_clip(
     check_hyper("clipping", clipping)
     check_non_negative("clipping", clipping)
     check_non_negative("eps", eps)
+    check_mask(mask)
 
     def update_fn(updates, state, params=None):
         require_params(params, "adaptive_grad_clip")

@@ -32,6 +32,7 @@ from jaxreg._util import (
     next_count,
     resolve,
 )
+from jaxreg.masks import check_mask
 from jaxreg.transforms._base import map_masked, require_params
 
 __all__ = [
@@ -94,6 +95,7 @@ def add_l2_decay(weight_decay: Hyper = 1e-4, *, mask: Any = None) -> optax.Gradi
         [-0.1, 0.2]
     """
     _check_decay(weight_decay)
+    check_mask(mask)
 
     def update_fn(updates, state, params=None):
         require_params(params, "add_l2_decay")
@@ -112,6 +114,7 @@ def _wrapping_decay(optimizer, name, coefficient, mask, *, before: bool):
             f"optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
             f"got {type(optimizer).__name__}."
         )
+    check_mask(mask)
     inner = optax.with_extra_args_support(optimizer)
 
     def init_fn(params):

@@ -347,3 +347,19 @@ def test_none_leaves_pass_through(case):
     u, _ = tx.update(g, tx.init(p), p)
     assert u["frozen"] is None
     assert u["a"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("case", ALL, ids=ids)
+def test_state_and_params_can_be_donated(case):
+    """No two state leaves share a buffer, so ``jit(..., donate_argnums)`` works."""
+    tx = case.make()
+
+    def step(params, state, g):
+        u, state = tx.update(g, state, params)
+        return optax.apply_updates(params, u), state
+
+    donated = jax.jit(step, donate_argnums=(0, 1))
+    p = model_params()
+    expected = step(p, tx.init(p), grads_like(p))
+    got = donated(model_params(), tx.init(model_params()), grads_like(p))
+    assert_trees_close(got, expected, rtol=1e-6)

@@ -275,8 +275,13 @@ def skip_non_finite(inner: optax.GradientTransformation) -> optax.GradientTransf
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        zero = jnp.zeros([], jnp.int32)
-        return SkipNonFiniteState(inner.init(params), zero, zero, jnp.ones([], jnp.bool_))
+        # Distinct buffers (not one zero twice), so the state can be donated.
+        return SkipNonFiniteState(
+            inner.init(params),
+            jnp.zeros([], jnp.int32),
+            jnp.zeros([], jnp.int32),
+            jnp.ones([], jnp.bool_),
+        )
 
     def update_fn(updates, state, params=None, **extra):
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)

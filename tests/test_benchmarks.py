@@ -1,0 +1,27 @@
+"""Smoke test: the quick benchmarks run on a tiny setting and print well-formed results."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_transforms_smoke(capsys):
+    bench = _load("bench_transforms")
+    results = bench.main(
+        ["--size", "small", "--repeats", "1", "--steps", "2", "--only", "vs optax"]
+    )
+    assert len(results) >= 3
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["case"] for r in lines] == [r["case"] for r in results]
+    for r in results:
+        assert r["jaxreg_us_per_step"] > 0 and r["baseline_us_per_step"] > 0
+        assert r["device_kind"] and r["jax"]

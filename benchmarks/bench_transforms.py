@@ -16,6 +16,7 @@ Prints one JSON line per case.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -34,7 +35,7 @@ SIZES = {"mlp": (784, 512, 256, 10), "small": (32, 16, 8)}
 def mlp_params(widths, key=0):
     keys = jax.random.split(jax.random.key(key), len(widths))
     params = {}
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         params[f"Dense_{i}"] = {
             "kernel": jax.random.normal(keys[i], (a, b)) / jnp.sqrt(a),
             "bias": jnp.zeros(b),

@@ -104,6 +104,12 @@ def cases():
             optax.apply_if_finite(optax.adam(lr), max_consecutive_errors=10**9),
             None,
         ),
+        (
+            "skip_non_finite(adam, check_updates=True) vs optax.apply_if_finite(adam)",
+            jaxreg.skip_non_finite(optax.adam(lr), check_updates=True),
+            optax.apply_if_finite(optax.adam(lr), max_consecutive_errors=10**9),
+            None,
+        ),
     ]
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,9 +60,10 @@ def test_leaf_clip_is_per_leaf():
     np.testing.assert_array_equal(u["b"], g["b"])
 
 
-def test_skip_non_finite_protects_params_and_optimizer_state():
+@pytest.mark.parametrize("check_updates", [False, True])
+def test_skip_non_finite_protects_params_and_optimizer_state(check_updates):
     p = {"w": jnp.array([1.0, 2.0])}
-    tx = jaxreg.skip_non_finite(optax.adam(0.1))
+    tx = jaxreg.skip_non_finite(optax.adam(0.1), check_updates=check_updates)
     good = {"w": jnp.array([0.5, -0.5])}
     s = tx.init(p)
     u, s = tx.update(good, s, p)
@@ -79,9 +81,10 @@ def test_skip_non_finite_protects_params_and_optimizer_state():
     assert int(s.skipped) == 2 and int(s.consecutive) == 0 and bool(s.last_finite)
 
 
-def test_skip_non_finite_under_jit_and_vmap():
+@pytest.mark.parametrize("check_updates", [False, True])
+def test_skip_non_finite_under_jit_and_vmap(check_updates):
     p = {"w": jnp.ones(3)}
-    tx = jaxreg.skip_non_finite(optax.sgd(1.0))
+    tx = jaxreg.skip_non_finite(optax.sgd(1.0), check_updates=check_updates)
     g = {"w": jnp.array([[1.0, 1.0, 1.0], [jnp.nan, 0.0, 0.0]])}
 
     @jax.jit
@@ -94,10 +97,21 @@ def test_skip_non_finite_under_jit_and_vmap():
     assert s.skipped.tolist() == [0, 1]
 
 
-def test_overflow_inside_the_optimizer_is_caught():
-    """Finite gradients whose update overflows (here: a huge scale) are skipped too."""
+def test_overflow_inside_the_optimizer_is_caught_with_check_updates():
+    """Finite gradients whose update or state overflows are skipped with check_updates."""
     p = {"w": jnp.ones(2)}
-    tx = jaxreg.skip_non_finite(optax.scale(3e38))
-    u, s = tx.update({"w": jnp.array([10.0, 1.0])}, tx.init(p), p)
+    g = {"w": jnp.array([10.0, 1.0])}
+    tx = jaxreg.skip_non_finite(optax.scale(3e38), check_updates=True)
+    u, s = tx.update(g, tx.init(p), p)
     np.testing.assert_array_equal(u["w"], [0.0, 0.0])
     assert int(s.skipped) == 1
+    # Adam's second moment overflows for |g| ~ 1e20 although g is finite
+    adam = jaxreg.skip_non_finite(optax.adam(0.1), check_updates=True)
+    s0 = adam.init(p)
+    u, s = adam.update({"w": jnp.array([1e20, 1.0])}, s0, p)
+    assert int(s.skipped) == 1
+    assert_trees_close(s.inner_state, s0.inner_state)
+    # the default checks the gradients only, and lets this one through
+    plain = jaxreg.skip_non_finite(optax.adam(0.1))
+    _, s = plain.update({"w": jnp.array([1e20, 1.0])}, plain.init(p), p)
+    assert int(s.skipped) == 0

@@ -25,6 +25,10 @@ def guarded_sgd(learning_rate):
     return jaxreg.skip_non_finite(optax.sgd(learning_rate))
 
 
+def guarded_momentum_checked(learning_rate):
+    return jaxreg.skip_non_finite(optax.sgd(learning_rate, momentum=0.9), check_updates=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
@@ -124,6 +128,13 @@ REGISTRY = [
         per_leaf=True,
         supports_mask_arg=False,
     ),
+    Case(
+        "skip_non_finite_checked",
+        guarded_momentum_checked,
+        {"learning_rate": 0.1},
+        "learning_rate",
+        supports_mask_arg=False,
+    ),
 ]
 # Transforms with no numeric hyperparameter: checked by the parts that apply.
 NO_HYPER = [
@@ -159,7 +170,8 @@ def run(tx, params, steps=3, update=None):
 
 
 def test_every_public_transform_is_in_the_registry():
-    factories = {c.factory for c in ALL if c.factory is not guarded_sgd} | {jaxreg.skip_non_finite}
+    guards = (guarded_sgd, guarded_momentum_checked)
+    factories = {c.factory for c in ALL if c.factory not in guards} | {jaxreg.skip_non_finite}
     public = {
         getattr(jaxreg, n)
         for n in jaxreg.transforms.__all__
@@ -317,7 +329,10 @@ def test_schedule_hyperparameter(case):
     u1, _ = tx.update(g, state, p)
     ref0, _ = case.make(**{case.hyper: v0}).update(g, case.make(**{case.hyper: v0}).init(p), p)
     assert_trees_close(u0, ref0, rtol=1e-5)
-    if "optimizer" not in case.kwargs and case.factory is not guarded_sgd:
+    if "optimizer" not in case.kwargs and case.factory not in (
+        guarded_sgd,
+        guarded_momentum_checked,
+    ):
         ref1, _ = case.make(**{case.hyper: v1}).update(g, case.make(**{case.hyper: v1}).init(p), p)
         assert_trees_close(u1, ref1, rtol=1e-5)
 

@@ -6,7 +6,7 @@ leaves. Everything is safe under ``jax.jit``, ``jax.vmap`` and
 ``optax.inject_hyperparams``.
 """
 
-from jaxreg import masks, penalties, transforms
+from jaxreg import functional, masks, nn, nnx, penalties, transforms
 from jaxreg.masks import MaskFn, MaskReport, by_kernels, by_ndim, by_path, mask_report, resolve_mask
 from jaxreg.penalties import (
     elastic_net_penalty,
@@ -75,6 +75,7 @@ __all__ = [
     "coupled_weight_decay",
     "decoupled_weight_decay",
     "elastic_net_penalty",
+    "functional",
     "global_norm",
     "group_lasso_penalty",
     "independent_weight_decay",
@@ -86,6 +87,8 @@ __all__ = [
     "l2_penalty",
     "mask_report",
     "masks",
+    "nn",
+    "nnx",
     "orthogonal_penalty",
     "penalties",
     "prox_elastic_net",

@@ -25,3 +25,21 @@ def test_bench_transforms_smoke(capsys):
     for r in results:
         assert r["jaxreg_us_per_step"] > 0 and r["baseline_us_per_step"] > 0
         assert r["device_kind"] and r["jax"]
+
+
+def test_bench_dropout_smoke(capsys):
+    bench = _load("bench_dropout")
+    results = bench.main(
+        ["--batch", "4", "--features", "32", "--repeats", "1", "--steps", "2", "--rates", "0.5"]
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["case"] for r in lines] == [r["case"] for r in results]
+    assert len(results) == 1
+    (r,) = results
+    expected = {"jaxreg", "flax"} | {f"variant: {v}" for v in bench.VARIANTS}
+    if bench.torch is not None:  # optional baseline (pip install torch==2.13.0)
+        expected.add("torch")
+    assert set(r["ms_per_step"]) == expected
+    assert all(t > 0 for t in r["ms_per_step"].values())
+    assert r["ratio_flax_over_jaxreg"] > 0
+    assert r["device_kind"] and r["jax"] and r["device_count"] >= 1

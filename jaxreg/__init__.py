@@ -6,7 +6,7 @@ leaves. Everything is safe under ``jax.jit``, ``jax.vmap`` and
 ``optax.inject_hyperparams``.
 """
 
-from jaxreg import functional, masks, nn, nnx, penalties, transforms
+from jaxreg import augment, functional, losses, masks, nn, nnx, penalties, transforms
 from jaxreg.masks import MaskFn, MaskReport, by_kernels, by_ndim, by_path, mask_report, resolve_mask
 from jaxreg.penalties import (
     elastic_net_penalty,
@@ -66,6 +66,7 @@ __all__ = [
     "WeightDecayState",
     "adaptive_grad_clip",
     "add_l2_decay",
+    "augment",
     "by_kernels",
     "by_ndim",
     "by_path",
@@ -85,6 +86,7 @@ __all__ = [
     "keep_unit_norm",
     "l1_penalty",
     "l2_penalty",
+    "losses",
     "mask_report",
     "masks",
     "nn",

@@ -43,3 +43,27 @@ def test_bench_dropout_smoke(capsys):
     assert all(t > 0 for t in r["ms_per_step"].values())
     assert r["ratio_flax_over_jaxreg"] > 0
     assert r["device_kind"] and r["jax"] and r["device_count"] >= 1
+
+
+def test_bench_augment_smoke(capsys):
+    bench = _load("bench_augment")
+    argv = ["--batch", "4", "--size", "8", "--repeats", "1", "--steps", "1"]
+    results = bench.main([*argv, "--only", "crop+flip,erasing", "--no-variants"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["case"] for r in lines] == [r["case"] for r in results]
+    assert [r["case"].split()[0] for r in results] == ["crop+flip", "erasing"]
+    crop_flip, erasing = results
+    expected = {"jaxreg", "numpy loop", "numpy vectorised"}
+    for lib, module in (("dm-pix", bench.pix), ("augmax", bench.augmax)):  # optional baselines
+        if module is not None:
+            expected.add(lib)
+        else:
+            assert lib in crop_flip["not_measured"]
+    assert set(crop_flip["ms_per_batch"]) == expected
+    assert set(erasing["ms_per_batch"]) == {"jaxreg", "numpy loop"}
+    for r in results:
+        assert all(t > 0 for t in r["ms_per_batch"].values())
+        assert r["ratio_numpy loop_over_jaxreg"] > 0
+        assert "torchvision" in r["not_measured"]
+        assert r["device_kind"] and r["jax"] and r["device_count"] >= 1
+        assert r["shape"] == [4, 8, 8, 3]

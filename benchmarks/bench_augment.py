@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxreg
+from jaxreg.augment.color import color_jitter
 from jaxreg.augment.erasing import cutout, random_erasing
 from jaxreg.augment.geometric import (
     affine_matrices,
@@ -218,6 +219,20 @@ def pix_affine(key, x):
     return jax.vmap(one)(x, m)
 
 
+JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+
+
+def pix_color_jitter(key, img):
+    """dm-pix's four colour ops in turn on one [0, 1] float image (brightness is additive)."""
+    kb, kc, ks, kh = jax.random.split(key, 4)
+    x = img.astype(jnp.float32) / 255.0
+    x = pix.random_brightness(kb, x, JITTER["brightness"])
+    x = pix.random_contrast(kc, x, 1 - JITTER["contrast"], 1 + JITTER["contrast"])
+    x = pix.random_saturation(ks, x, 1 - JITTER["saturation"], 1 + JITTER["saturation"])
+    x = pix.random_hue(kh, x, JITTER["hue"])
+    return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(img.dtype)
+
+
 def augmax_batched(*transforms, pad=False):
     chain = augmax.Chain(*transforms)
 
@@ -353,6 +368,18 @@ def cases(args):
         impls,
         {"dm-pix": skip_pix, "augmax": "no single affine op (a Chain of warps is not one op)"},
     )
+
+    impls = {"jaxreg": ("jax", jr(color_jitter, **JITTER))}
+    if pix is not None:
+        impls["dm-pix"] = ("jax", _per_example(pix_color_jitter))
+    if augmax is not None:
+        # augmax's ColorJitter needs float images: convert in and out, as a user must.
+        jitter = augmax_batched(augmax.ByteToFloat(), augmax.ColorJitter(**JITTER, p=1.0))
+        impls["augmax"] = (
+            "jax",
+            lambda k, x: jnp.clip(jnp.round(jitter(k, x) * 255.0), 0, 255).astype(jnp.uint8),
+        )
+    out["color jitter"] = (impls, {"dm-pix": skip_pix, "augmax": skip_augmax})
 
     out["erasing"] = (
         {"jaxreg": ("jax", erase), "numpy loop": ("np", np_erasing_loop)},

@@ -1,5 +1,11 @@
 """Shared fixtures and helpers for the jaxreg tests."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,3 +42,31 @@ def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
 @pytest.fixture
 def params():
     return model_params(0)
+
+
+def run_on_cpu_devices(script, devices=8, timeout=300):
+    """Run ``script`` in a child Python with ``devices`` simulated CPU devices.
+
+    The child must print one line ``RESULT <json>``; its parsed JSON is returned.
+    Warnings are errors in the child too; a failing child fails the test with its
+    output.
+    """
+    env = dict(os.environ)
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    return json.loads(lines[0].removeprefix("RESULT "))

@@ -8,10 +8,6 @@ affine == scipy's map_coordinates, jit == eager, vmap over keys, inside
 """
 
 import functools
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -31,6 +27,7 @@ from jaxreg.augment.geometric import (
     random_flip,
 )
 from jaxreg.augment.pipeline import compose
+from tests.conftest import run_on_cpu_devices
 
 KEY = jax.random.key(0)
 
@@ -340,22 +337,13 @@ SHARDED = textwrap.dedent(
         ref = np.asarray(jax.jit(op)(jax.random.key(5), x))
         out = jax.jit(op, out_shardings=sharding)(jax.random.key(5), xs)
         report[name] = [bool(np.array_equal(np.asarray(out), ref)), len(out.sharding.device_set)]
-    print(json.dumps(report))
+    print("RESULT " + json.dumps(report))
     """
 )
 
 
 def test_sharded_batch_gives_the_unsharded_output():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_on_cpu_devices(SHARDED, devices=8)
     assert set(report) == {"pipeline"}
     for name, (equal, n_devices) in report.items():
         assert equal, f"{name}: sharded output differs from the unsharded one"

@@ -2,10 +2,6 @@
 
 import colorsys
 import functools
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -19,6 +15,7 @@ from jaxreg.augment import policies
 from jaxreg.augment.color import color_jitter, gaussian_noise, hsv_to_rgb, rgb_to_hsv
 from jaxreg.augment.mix import cutmix, mixup
 from jaxreg.augment.policies import rand_augment, trivial_augment
+from tests.conftest import run_on_cpu_devices
 
 
 def _images(n=6, h=8, w=8, c=3, dtype=jnp.float32, seed=1):
@@ -348,17 +345,7 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_batch_equals_single_device():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    report = json.loads(line[len("RESULT ") :])
+    report = run_on_cpu_devices(SHARDED, devices=4)
     assert report["devices"] == 4
     assert all(report["equal"]), report
 

@@ -7,14 +7,11 @@ largest differences as JSON; the tests below assert they are within
 ``rtol = atol = 1e-5`` (outputs and updated batch statistics).
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_on_cpu_devices
 
 TOL = 1.0  # the child reports max |a - b| / (1e-5 + 1e-5 |b|)
 
@@ -128,25 +125,7 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def child():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", CHILD],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, f"child failed:\n{proc.stdout}\n{proc.stderr}"
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0].removeprefix("RESULT "))
+    return run_on_cpu_devices(CHILD, devices=8)
 
 
 PLAIN = ["bn", "bn_slow_var", "bn_axis1"]

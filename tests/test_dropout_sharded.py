@@ -6,11 +6,9 @@ slice without communication. Runs in a subprocess with 8 simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
+
+from tests.conftest import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -71,17 +69,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_masks_identical_whatever_the_sharding():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    report = json.loads(line[len("RESULT ") :])
+    report = run_on_cpu_devices(SCRIPT, devices=8)
     assert len(report) == 18
     for case, r in report.items():
         assert r["equal"], f"{case}: sharded mask differs from the single-device mask"

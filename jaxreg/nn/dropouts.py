@@ -56,6 +56,16 @@ def _inactive(module: nn.Module, deterministic: bool | None, rate: Any) -> bool:
     return bool(deterministic) or (is_static_number(rate) and rate == 0)
 
 
+def _run(module, kernel, inputs, strength, deterministic, rng, **settings):
+    """Call ``kernel(key, inputs, strength, deterministic=..., **settings)`` for a module.
+
+    The flag is merged like flax's; the key is only drawn when the layer is active.
+    """
+    off = _inactive(module, deterministic, strength)
+    key = None if off else _key(module, rng)
+    return kernel(key, inputs, strength, deterministic=off, **settings)
+
+
 class Dropout(nn.Module):
     """Inverted dropout, a drop-in for ``flax.linen.Dropout`` (same fields and flags).
 
@@ -89,10 +99,14 @@ class Dropout(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
         """Mask ``inputs`` (training) or return them unchanged (``deterministic``)."""
-        off = _inactive(self, deterministic, self.rate)
-        key = None if off else _key(self, rng)
-        return F.dropout(
-            key, inputs, self.rate, broadcast_dims=self.broadcast_dims, deterministic=off
+        return _run(
+            self,
+            F.dropout,
+            inputs,
+            self.rate,
+            deterministic,
+            rng,
+            broadcast_dims=self.broadcast_dims,
         )
 
 
@@ -127,10 +141,14 @@ class SpatialDropout(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
         """Mask whole channels of ``inputs`` or return them unchanged."""
-        off = _inactive(self, deterministic, self.rate)
-        key = None if off else _key(self, rng)
-        return F.spatial_dropout(
-            key, inputs, self.rate, channel_axis=self.channel_axis, deterministic=off
+        return _run(
+            self,
+            F.spatial_dropout,
+            inputs,
+            self.rate,
+            deterministic,
+            rng,
+            channel_axis=self.channel_axis,
         )
 
 
@@ -163,9 +181,7 @@ class DropPath(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
         """Drop whole examples of ``inputs`` or return them unchanged."""
-        off = _inactive(self, deterministic, self.rate)
-        key = None if off else _key(self, rng)
-        return F.drop_path(key, inputs, self.rate, deterministic=off)
+        return _run(self, F.drop_path, inputs, self.rate, deterministic, rng)
 
 
 class DropBlock(nn.Module):
@@ -202,15 +218,15 @@ class DropBlock(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
         """Drop blocks of ``inputs`` or return them unchanged."""
-        off = _inactive(self, deterministic, self.rate)
-        key = None if off else _key(self, rng)
-        return F.drop_block(
-            key,
+        return _run(
+            self,
+            F.drop_block,
             inputs,
             self.rate,
+            deterministic,
+            rng,
             block_size=self.block_size,
             broadcast_dims=self.broadcast_dims,
-            deterministic=off,
         )
 
 
@@ -240,9 +256,7 @@ class GaussianDropout(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
         """Multiply ``inputs`` by noise or return them unchanged."""
-        off = _inactive(self, deterministic, self.rate)
-        key = None if off else _key(self, rng)
-        return F.gaussian_dropout(key, inputs, self.rate, deterministic=off)
+        return _run(self, F.gaussian_dropout, inputs, self.rate, deterministic, rng)
 
 
 class GaussianNoise(nn.Module):
@@ -272,9 +286,7 @@ class GaussianNoise(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
         """Add noise to ``inputs`` or return them unchanged."""
-        off = _inactive(self, deterministic, self.stddev)
-        key = None if off else _key(self, rng)
-        return F.gaussian_noise(key, inputs, self.stddev, deterministic=off)
+        return _run(self, F.gaussian_noise, inputs, self.stddev, deterministic, rng)
 
 
 class AlphaDropout(nn.Module):
@@ -309,8 +321,12 @@ class AlphaDropout(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
         """Alpha-dropout ``inputs`` or return them unchanged."""
-        off = _inactive(self, deterministic, self.rate)
-        key = None if off else _key(self, rng)
-        return F.alpha_dropout(
-            key, inputs, self.rate, broadcast_dims=self.broadcast_dims, deterministic=off
+        return _run(
+            self,
+            F.alpha_dropout,
+            inputs,
+            self.rate,
+            deterministic,
+            rng,
+            broadcast_dims=self.broadcast_dims,
         )

@@ -407,6 +407,17 @@ def _affine(key, images, fill_v, rotation, translation, zoom, shear, *, interpol
     m = affine_matrices(
         key, n, h, w, rotation=rotation, translation=translation, zoom=zoom, shear=shear
     )
+    return resample(images, m, fill_v, interpolation=interpolation)
+
+
+def resample(images: jax.Array, m: jax.Array, fill_v: jax.Array, *, interpolation: str):
+    """Inverse-warp each image: output pixel (x, y) reads source ``m[n] @ (x, y, 1)``.
+
+    ``images`` (N, H, W, C), ``m`` (N, 2, 3) in (x, y) pixel coordinates, ``fill_v``
+    the value (scalar or per channel, in the image scale) outside the source;
+    ``interpolation`` "nearest" or "bilinear". Returns the dtype of ``images``.
+    """
+    n, h, w, _ = images.shape
     xs = jax.lax.broadcasted_iota(jnp.float32, (1, h, w), 2)
     ys = jax.lax.broadcasted_iota(jnp.float32, (1, h, w), 1)
 

@@ -33,6 +33,7 @@ from jax import lax
 from jaxreg._util import is_static_number
 from jaxreg.augment._common import check_images, from_float, max_value, to_float
 from jaxreg.augment.color import grayscale
+from jaxreg.augment.geometric import resample
 
 __all__ = ["OPS", "rand_augment", "trivial_augment"]
 
@@ -95,16 +96,8 @@ def _inverse_affine(op: jax.Array, level: jax.Array, sign: jax.Array, hw, wide: 
 
 def _warp(x: jax.Array, mat: jax.Array) -> jax.Array:
     """Nearest-neighbour inverse warp of one (H, W, C) image; outside pixels are 0."""
-    h, w, c = x.shape
-    yy, xx = jnp.meshgrid(
-        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
-    )
-    sx = jnp.round(mat[0, 0] * xx + mat[0, 1] * yy + mat[0, 2])
-    sy = jnp.round(mat[1, 0] * xx + mat[1, 1] * yy + mat[1, 2])
-    valid = (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)
-    idx = (jnp.clip(sy, 0, h - 1) * w + jnp.clip(sx, 0, w - 1)).astype(jnp.int32)
-    out = jnp.take(x.reshape(h * w, c), idx.reshape(-1), axis=0).reshape(h, w, c)
-    return jnp.where(valid[:, :, None], out, 0.0)
+    zero = jnp.zeros((), x.dtype)
+    return resample(x[None], mat[None], zero, interpolation="nearest")[0]
 
 
 # --------------------------------------------------------------------------- colour (0..255)

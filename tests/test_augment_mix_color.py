@@ -160,6 +160,41 @@ def test_hue_shift_keeps_value_and_saturation():
     assert np.abs(np.median(per_image, axis=1)).max() <= 0.3 + 1e-3
 
 
+def _np_color_jitter(x, b, c, s, d, top):
+    """torchvision's ColorJitter rules on one HWC float image, hue through colorsys."""
+    luma = np.array([0.299, 0.587, 0.114])
+    x = np.clip(b * x, 0, top)
+    x = np.clip(c * x + (1 - c) * (x @ luma).mean(), 0, top)
+    x = np.clip(s * x + (1 - s) * (x @ luma)[..., None], 0, top)
+    hsv = np.array([colorsys.rgb_to_hsv(*px) for px in x.reshape(-1, 3) / top])
+    hsv[:, 0] = np.mod(hsv[:, 0] + d, 1.0)
+    rgb = np.array([colorsys.hsv_to_rgb(*px) for px in hsv]) * top
+    return rgb.reshape(x.shape)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.uint8])
+def test_color_jitter_equals_per_pixel_reference(dtype):
+    x = _images(4, h=6, w=5, dtype=dtype, seed=7)
+    key = jax.random.key(11)
+    y = color_jitter(key, x, brightness=0.4, contrast=0.5, saturation=0.6, hue=0.2)
+    # the kernel's draw: one uniform row per parameter, one column per example
+    u = np.asarray(jax.random.uniform(key, (5, 4), jnp.float32), np.float64)
+    top = 255.0 if dtype == jnp.uint8 else 1.0
+    for i in range(4):
+        ref = _np_color_jitter(
+            np.asarray(x[i], np.float64),
+            0.6 + 0.8 * u[0, i],
+            0.5 + 1.0 * u[1, i],
+            0.4 + 1.2 * u[2, i],
+            0.2 * (2 * u[3, i] - 1),
+            top,
+        )
+        if dtype == jnp.uint8:  # rounding may flip by one level
+            assert np.abs(np.asarray(y[i], np.int32) - np.round(ref)).max() <= 1
+        else:
+            np.testing.assert_allclose(y[i], ref, atol=2e-5)
+
+
 def test_color_jitter_identity_cases_and_dtypes():
     x = _images(8)
     np.testing.assert_array_equal(color_jitter(jax.random.key(0), x), x)
@@ -286,9 +321,11 @@ def test_rand_augment_zero_ops_is_identity_and_traced_magnitude():
 
 
 def _all_ops(key, x, labels):
-    k = jax.random.split(key, 5)
+    k = jax.random.split(key, 6)
     y = color_jitter(k[0], x, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
     y = gaussian_noise(k[1], y, stddev=4.0)
+    y = rand_augment(k[2], y, num_ops=2, magnitude=9)
+    y = trivial_augment(k[5], y)
     y, lab = mixup(k[3], y, labels, num_classes=5)
     y, lab = cutmix(k[4], y, lab, mode="example")
     return y, lab
@@ -323,13 +360,16 @@ SHARDED = textwrap.dedent(
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from jaxreg.augment.color import color_jitter
     from jaxreg.augment.mix import cutmix, mixup
+    from jaxreg.augment.policies import rand_augment, trivial_augment
 
     def f(key, x, lab):
-        k = jax.random.split(key, 3)
+        k = jax.random.split(key, 5)
         a = color_jitter(k[0], x, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
         d, ld = mixup(k[1], x, lab, num_classes=8, mode="example")
         e, le = cutmix(k[2], x, lab, num_classes=8, mode="example")
-        return a, d, ld, e, le
+        r = rand_augment(k[3], x, num_ops=2, magnitude=9)
+        t = trivial_augment(k[4], x)
+        return a, d, ld, e, le, r, t
 
     x = jnp.asarray(np.random.default_rng(1).integers(0, 256, (16, 8, 8, 3)), jnp.uint8)
     lab = jnp.arange(16) % 8

@@ -28,6 +28,11 @@ def compose(*ops: Op) -> Op:
     Returns:
       A function ``(key, images) -> images``.
 
+    ``mixup`` and ``cutmix`` also take and return labels, so they are not ops of
+    ``compose``: apply them after the composed image ops, with a key of their
+    own (second example). ``rand_augment`` and ``trivial_augment`` are ordinary
+    ops and compose like the others.
+
     Example:
       >>> import functools
       >>> import jax.numpy as jnp
@@ -36,6 +41,16 @@ def compose(*ops: Op) -> Op:
       >>> x = jnp.zeros((4, 8, 8, 3), jnp.uint8)
       >>> jax.jit(aug)(jax.random.key(0), x).shape
       (4, 8, 8, 3)
+
+      With labels (one-hot or integer labels in, soft labels out):
+
+      >>> from jaxreg.augment.mix import mixup
+      >>> def augment(key, images, labels):
+      ...     k_img, k_mix = jax.random.split(key)
+      ...     return mixup(k_mix, aug(k_img, images), labels, num_classes=10, alpha=0.2)
+      >>> y, soft = jax.jit(augment)(jax.random.key(0), x, jnp.arange(4))
+      >>> y.shape, soft.shape
+      ((4, 8, 8, 3), (4, 10))
 
     References:
       torchvision ``transforms.Compose`` (same left-to-right order).

@@ -7,6 +7,14 @@ leaves. Everything is safe under ``jax.jit``, ``jax.vmap`` and
 """
 
 from jaxreg import augment, functional, losses, masks, nn, nnx, penalties, transforms
+from jaxreg.checkpoint import all_steps, latest_step, restore_checkpoint, save_checkpoint
+from jaxreg.early_stopping import (
+    EarlyStopping,
+    EarlyStoppingState,
+    ReduceLROnPlateau,
+    ReduceLROnPlateauState,
+)
+from jaxreg.fitting import History, Loop, choose_loop, fit
 from jaxreg.masks import MaskFn, MaskReport, by_kernels, by_ndim, by_path, mask_report, resolve_mask
 from jaxreg.penalties import (
     elastic_net_penalty,
@@ -16,6 +24,8 @@ from jaxreg.penalties import (
     orthogonal_penalty,
     spectral_penalty,
 )
+from jaxreg.sweeps import SweepResult, init_members, sweep
+from jaxreg.training import Trainer, TrainState, image_augment
 from jaxreg.transforms import (
     AdaptiveGradClipState,
     AddL2DecayState,
@@ -55,37 +65,52 @@ __all__ = [
     "AddL2DecayState",
     "ClipByGlobalNormState",
     "ClipByUnitNormState",
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "History",
     "KeepMaxNormState",
     "KeepMinMaxNormState",
+    "Loop",
     "MaskFn",
     "MaskReport",
     "ProxElasticNetState",
     "ProxGroupLassoState",
     "ProxL1State",
+    "ReduceLROnPlateau",
+    "ReduceLROnPlateauState",
     "SkipNonFiniteState",
+    "SweepResult",
+    "TrainState",
+    "Trainer",
     "WeightDecayState",
     "adaptive_grad_clip",
     "add_l2_decay",
+    "all_steps",
     "augment",
     "by_kernels",
     "by_ndim",
     "by_path",
+    "choose_loop",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
     "clip_by_unit_norm",
     "coupled_weight_decay",
     "decoupled_weight_decay",
     "elastic_net_penalty",
+    "fit",
     "functional",
     "global_norm",
     "group_lasso_penalty",
+    "image_augment",
     "independent_weight_decay",
+    "init_members",
     "keep_max_norm",
     "keep_min_max_norm",
     "keep_non_negative",
     "keep_unit_norm",
     "l1_penalty",
     "l2_penalty",
+    "latest_step",
     "losses",
     "mask_report",
     "masks",
@@ -97,8 +122,11 @@ __all__ = [
     "prox_group_lasso",
     "prox_l1",
     "resolve_mask",
+    "restore_checkpoint",
+    "save_checkpoint",
     "skip_non_finite",
     "soft_threshold",
     "spectral_penalty",
+    "sweep",
     "transforms",
 ]

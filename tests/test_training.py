@@ -1,0 +1,462 @@
+"""Training engine: the step against a hand-written flax+optax step, non-finite
+skips, EMA, scanned epochs == the Python loop, sweeps == separate runs without
+retracing, resume == uninterrupted, a sharded step == the single-device step."""
+
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxreg
+from jaxreg.checkpoint import restore_checkpoint, save_checkpoint
+from jaxreg.fitting import Loop, choose_loop, fit
+from jaxreg.sweeps import sweep
+from jaxreg.training import Trainer, image_augment
+from tests.conftest import assert_trees_close, run_on_cpu_devices
+
+
+class MLP(nn.Module):
+    rate: float = 0.3
+    hidden: int = 16
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Dense(self.hidden, use_bias=False)(x)  # a bias before BN has no gradient
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.relu(x)
+        x = jaxreg.nn.Dropout(self.rate)(x, deterministic=not train)
+        return nn.Dense(4)(x)
+
+
+def _data(n=96, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+X, Y = _data()
+L2 = (lambda p: jaxreg.l2_penalty(p, mask=jaxreg.by_kernels()), 1e-2)
+
+
+def _trainer(**kw):
+    kw.setdefault("model", MLP())
+    kw.setdefault("optimizer", optax.adam(1e-2))
+    kw.setdefault("penalties", {"l2": L2})
+    return Trainer(**kw)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def test_step_equals_hand_written_flax_optax_step():
+    tr = _trainer()
+    state = tr.init(jax.random.key(0), X[:16], {"label_smoothing": 0.1})
+    model, tx = MLP(), optax.adam(1e-2)
+    params, stats = state.params, state.batch_stats
+    opt = tx.init(params)
+
+    @jax.jit
+    def ref_step(params, stats, opt, step, batch):
+        x, y = batch
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0), step)
+        rngs = {"dropout": jax.random.split(key, 2)[0]}
+
+        def loss_fn(p):
+            logits, upd = model.apply(
+                {"params": p, "batch_stats": stats}, x, train=True, rngs=rngs,
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            onehot = optax.smooth_labels(jax.nn.one_hot(y, 4), 0.1)
+            data = optax.softmax_cross_entropy(logits, onehot).mean()
+            return data + 1e-2 * jaxreg.l2_penalty(p, mask=jaxreg.by_kernels()), upd
+
+        (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), upd["batch_stats"], opt, loss
+
+    for i in range(3):
+        batch = (X[16 * i : 16 * (i + 1)], Y[16 * i : 16 * (i + 1)])
+        params, stats, opt, loss = ref_step(params, stats, opt, i, batch)
+        state, metrics = tr.train_step(state, batch)
+        np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    assert_trees_close(state.params, params, rtol=1e-5, atol=1e-6)
+    assert_trees_close(state.batch_stats, stats, rtol=1e-5, atol=1e-6)
+    assert int(state.step) == 3 and int(state.skipped) == 0
+
+
+def test_step_metrics_are_consistent():
+    tr = _trainer(optimizer=optax.chain(jaxreg.clip_by_global_norm(1e-3), optax.sgd(0.1)))
+    state = tr.init(jax.random.key(1), X[:16])
+    p0 = state.params
+    pen = float(L2[1] * L2[0](p0))
+    state, m = tr.train_step(state, (X[:16], Y[:16]))
+    np.testing.assert_allclose(m["penalty/l2"], pen, rtol=1e-5)
+    np.testing.assert_allclose(m["loss"], m["data_loss"] + m["penalty/l2"], rtol=1e-6)
+    assert bool(m["clipped"]) and float(m["grad_norm"]) > 1e-3
+    np.testing.assert_allclose(m["update_norm"], 0.1 * 1e-3, rtol=1e-4)  # clipped, then sgd
+    np.testing.assert_allclose(m["param_norm"], optax.tree.norm(state.params), rtol=1e-6)
+    assert 0.0 <= float(m["accuracy"]) <= 1.0 and not bool(m["skipped"])
+
+
+def test_non_finite_batch_is_skipped_and_counted():
+    tr = _trainer(ema_decay=0.5)
+    state = tr.init(jax.random.key(2), X[:16])
+    before = jax.tree.map(np.asarray, (state.params, state.batch_stats, state.opt_state))
+    bad = X[:16].at[3, 2].set(jnp.nan)
+    state, m = tr.train_step(state, (bad, Y[:16]))
+    assert bool(m["skipped"]) and int(state.skipped) == 1 and int(state.step) == 1
+    after = (state.params, state.batch_stats, state.opt_state)
+    assert_trees_close(after, before, rtol=0, atol=0)
+    assert_trees_close(state.ema_params, before[0], rtol=0, atol=0)
+    state, m = tr.train_step(state, (X[:16], Y[:16]))
+    assert not bool(m["skipped"]) and int(state.skipped) == 1
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
+
+
+def test_ema_follows_the_polyak_average_and_evaluates_with_its_statistics():
+    tr = _trainer(ema_decay=0.8)
+    state = tr.init(jax.random.key(3), X[:16])
+    ema = jax.tree.map(np.asarray, state.params)  # copies: the step donates the state
+    ema_stats = jax.tree.map(np.asarray, state.batch_stats)
+    for i in range(3):
+        state, _ = tr.train_step(state, (X[16 * i : 16 * i + 16], Y[16 * i : 16 * i + 16]))
+        ema = jax.tree.map(lambda e, p: 0.8 * e + 0.2 * p, ema, state.params)
+        ema_stats = jax.tree.map(lambda e, s: 0.8 * e + 0.2 * s, ema_stats, state.batch_stats)
+    assert_trees_close(state.ema_params, ema, rtol=1e-5, atol=1e-7)
+    assert_trees_close(state.ema_batch_stats, ema_stats, rtol=1e-5, atol=1e-7)
+    got = tr.eval_step(state, (X, Y), ema=True)
+    swapped = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
+    want = tr.eval_step(swapped, (X, Y))
+    assert_trees_close(got, want, rtol=0, atol=0)
+    assert float(got["loss_sum"]) != float(tr.eval_step(state, (X, Y))["loss_sum"])
+
+
+def test_augment_and_soft_labels_in_the_step():
+    calls = []
+
+    def aug(key, images, labels, hparams):
+        calls.append(1)
+        noisy = images + hparams["noise"] * jax.random.normal(key, images.shape)
+        return noisy, jax.nn.one_hot(labels, 4)
+
+    tr = _trainer(augment=aug)
+    state = tr.init(jax.random.key(4), X[:16], {"noise": 0.5, "label_smoothing": 0.2})
+    plain = _trainer().init(jax.random.key(4), X[:16], {"label_smoothing": 0.2})
+    _, m1 = tr.train_step(state, (X[:16], Y[:16]))
+    _, m2 = _trainer().train_step(plain, (X[:16], Y[:16]))
+    assert calls and float(m1["data_loss"]) != float(m2["data_loss"])
+    # zero noise and one-hot labels: the same step as integer labels
+    _, m3 = tr.train_step(
+        tr.init(jax.random.key(4), X[:16], {"noise": 0.0, "label_smoothing": 0.2}),
+        (X[:16], Y[:16]),
+    )
+    np.testing.assert_allclose(m3["loss"], m2["loss"], rtol=1e-5)
+    lifted = image_augment(lambda k, x: x[:, ::-1])
+    out, lab = lifted(jax.random.key(0), X[:2], Y[:2], {})
+    np.testing.assert_array_equal(out, X[:2, ::-1])
+    np.testing.assert_array_equal(lab, Y[:2])
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def test_scanned_epochs_equal_the_python_loop_of_single_steps():
+    tr = _trainer()
+    finals = {}
+    for loop in (Loop(1, 1), Loop(4, 1), Loop(5, 5)):
+        state = tr.init(jax.random.key(5), X[:16])
+        state, hist, _, _ = fit(tr, state, (X, Y), (X, Y), epochs=2, batch_size=16, loop=loop)
+        finals[loop] = state
+        assert int(state.step) == 12 and len(hist.epochs) == 2
+    python, scan, unrolled = finals.values()
+    assert_trees_close(scan.params, python.params, rtol=0, atol=0)
+    assert_trees_close(scan.batch_stats, python.batch_stats, rtol=0, atol=0)
+    assert_trees_close(unrolled.params, python.params, rtol=1e-4, atol=1e-4)
+
+
+def test_choose_loop_measures_every_candidate_and_leaves_the_state_alone():
+    tr = _trainer()
+    state = tr.init(jax.random.key(6), X[:16])
+    before = jax.tree.map(np.asarray, state.params)
+    loop, timings = choose_loop(tr, state, (X, Y), batch_size=16)
+    assert set(timings) == {"python loop", "scan 6 steps, unroll 1", "scan 6 steps, unroll 6"}
+    assert loop.name in timings and timings[loop.name] == min(timings.values())
+    assert_trees_close(state.params, before, rtol=0, atol=0)
+
+
+def test_fit_learns_and_resume_equals_uninterrupted(tmp_path):
+    tr = _trainer()
+    key = jax.random.key(7)
+    straight, hist, _, _ = fit(
+        tr, tr.init(key, X[:16]), (X, Y), (X, Y), epochs=4, batch_size=16, loop=Loop(3, 1)
+    )
+    assert hist.epochs[-1]["val_accuracy"] > hist.epochs[0]["val_accuracy"]
+    half, _, _, _ = fit(
+        tr, tr.init(key, X[:16]), (X, Y), (X, Y), epochs=2, batch_size=16, loop=Loop(3, 1)
+    )
+    save_checkpoint(tmp_path, half, int(half.step))
+    restored = restore_checkpoint(tmp_path, tr.init(jax.random.key(99), X[:16]))
+    resumed, hist2, _, _ = fit(
+        tr, restored, (X, Y), (X, Y), epochs=4, batch_size=16, loop=Loop(3, 1)
+    )
+    assert [e["epoch"] for e in hist2.epochs] == [2, 3]
+    assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
+    assert_trees_close(resumed.opt_state, straight.opt_state, rtol=0, atol=0)
+
+
+def _overfit_trainer(**kw):
+    return _trainer(model=MLP(rate=0.0, hidden=64), penalties={}, **kw)
+
+
+def test_fit_early_stopping_stops_and_restores_the_best_epoch():
+    tr = _overfit_trainer(optimizer=optax.adam(0.05))
+    train, val = (X[:24], Y[:24]), (X[24:], Y[24:])
+    key = jax.random.key(10)
+    # reference: epoch by epoch without early stopping, params kept after each epoch
+    state, losses, kept = tr.init(key, X[:8]), [], []
+    for e in range(8):
+        state, hist, _, _ = fit(tr, state, train, val, epochs=e + 1, batch_size=8, loop=Loop(3, 1))
+        losses.append(hist.epochs[-1]["val_loss"])
+        kept.append(jax.tree.map(np.asarray, state.params))
+    es = jaxreg.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    state, hist, es_state, _ = fit(
+        tr, tr.init(key, X[:8]), train, val, epochs=8, batch_size=8, loop=Loop(3, 1),
+        early_stopping=es,
+    )  # fmt: skip
+    stop, best = hist.stopped_epoch, int(es_state.best_step)
+    assert stop is not None and stop < 7 and best < stop  # it overfits, then stops
+    assert int(es_state.stopped_epoch) == stop and len(hist.epochs) == stop + 1
+    np.testing.assert_allclose(hist.series("val_loss"), losses[: stop + 1], rtol=1e-6)
+    assert best == int(np.argmin(losses[: stop + 1]))
+    assert_trees_close(state.params, kept[best], rtol=0, atol=0)
+
+
+def test_sweep_members_stop_at_their_own_epochs_and_keep_their_best_params():
+    tr = _overfit_trainer(optimizer=lambda hp: optax.adam(hp["lr"]))
+    train, val = (X[:24], Y[:24]), (X[24:], Y[24:])
+    es = jaxreg.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    hp = {"lr": [0.05, 0.003]}
+    res, seq = (
+        sweep(
+            tr, hp, train, val, key=jax.random.key(11), epochs=6, batch_size=8, mode=mode,
+            loop=Loop(3, 1), early_stopping=es,
+        )
+        for mode in ("vmap", "sequential")
+    )  # fmt: skip
+    assert res.stopped_epoch[0] >= 0 and res.stopped_epoch[0] != res.stopped_epoch[1]
+    np.testing.assert_array_equal(seq.stopped_epoch, res.stopped_epoch)
+    assert_trees_close(seq.state.params, res.state.params, rtol=1e-5, atol=1e-6)
+    for i in range(2):
+        state = tr.init(jax.random.key(11), X[:8], {"lr": hp["lr"][i]})
+        state, hist, es_state, _ = fit(
+            tr, state, train, val, epochs=6, batch_size=8, loop=Loop(3, 1), early_stopping=es
+        )
+        member = jax.tree.map(lambda leaf, i=i: leaf[i], res.state.params)
+        assert_trees_close(member, state.params, rtol=1e-5, atol=1e-6)
+        assert int(res.best_epoch[i]) == int(es_state.best_step)
+        assert int(res.stopped_epoch[i]) == (
+            -1 if hist.stopped_epoch is None else hist.stopped_epoch
+        )
+
+
+def test_plateau_scales_the_updates():
+    tr = _trainer(optimizer=optax.sgd(0.1), penalties={})
+    state = tr.init(jax.random.key(12), X[:16])
+    _, m1 = tr.step_fn(state, (X[:16], Y[:16]))
+    _, m2 = tr.step_fn(state.replace(lr_scale=jnp.float32(0.25)), (X[:16], Y[:16]))
+    np.testing.assert_allclose(m2["update_norm"], 0.25 * m1["update_norm"], rtol=1e-5)
+    plateau = jaxreg.ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=0)
+    state, _, _, pl_state = fit(
+        tr, state, (X, Y), (X[:8], Y[:8]), epochs=4, batch_size=16, loop=Loop(3, 1),
+        plateau=plateau, learning_rate=0.1,
+    )  # fmt: skip
+    assert float(pl_state.learning_rate) < 0.1  # val accuracy on 8 examples stalls
+    np.testing.assert_allclose(state.lr_scale, float(pl_state.learning_rate) / 0.1, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_members_equal_separate_runs_and_values_do_not_retrace():
+    traces = []
+
+    def model(hp):
+        traces.append(1)
+        return MLP(rate=hp["dropout"])
+
+    tr = _trainer(model=model, optimizer=lambda hp: optax.adamw(1e-2, weight_decay=hp["wd"]))
+    hp = {"dropout": [0.0, 0.3, 0.5], "wd": [0.0, 1e-3, 1e-1], "label_smoothing": [0, 0.1, 0.2]}
+    res = {}
+    for mode in ("vmap", "map", "sequential"):
+        res[mode] = sweep(
+            tr, hp, (X, Y), (X, Y), key=jax.random.key(8), epochs=2, batch_size=16,
+            mode=mode, loop=Loop(3, 1),
+        )  # fmt: skip
+    assert res["vmap"].metrics["val_accuracy"].shape == (2, 3)
+    for i in range(3):
+        state = tr.init(jax.random.key(8), X[:16], {k: v[i] for k, v in hp.items()})
+        state, hist, _, _ = fit(tr, state, (X, Y), (X, Y), epochs=2, batch_size=16, loop=Loop(3, 1))
+        for mode in ("vmap", "map", "sequential"):
+            member = jax.tree.map(lambda leaf, i=i: leaf[i], res[mode].state.params)
+            assert_trees_close(member, state.params, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                res[mode].metrics["val_loss"][-1, i], hist.epochs[-1]["val_loss"], rtol=1e-5
+            )
+    n = len(traces)
+    again = sweep(
+        tr, {"dropout": [0.1, 0.2, 0.4], "wd": [1e-2, 0, 0], "label_smoothing": [0.3, 0, 0]},
+        (X, Y), (X, Y), key=jax.random.key(8), epochs=2, batch_size=16, mode="vmap",
+        loop=Loop(3, 1),
+    )  # fmt: skip
+    assert len(traces) == n  # new values: the compiled init and epoch programs are reused
+    assert not np.allclose(again.metrics["loss"], res["vmap"].metrics["loss"])
+
+
+def test_sweep_auto_mode_and_seeds():
+    tr = _trainer()
+    r = sweep(
+        tr, {"seed": [0, 1], "l2": [0.0, 1e-2]}, (X, Y), (X, Y), key=jax.random.key(9),
+        epochs=1, batch_size=16, loop=Loop(3, 1),
+    )  # fmt: skip
+    assert r.mode in ("vmap", "map", "sequential") and r.loop
+    assert {t.split(":")[0] for t in r.timings} == {"vmap", "map", "sequential"}
+    assert r.timings[f"{r.mode}: scan 3 steps, unroll 1"] == min(r.timings.values())
+    w = r.state.params["Dense_0"]["kernel"]
+    assert not np.allclose(w[0], w[1])  # different seeds, different initialisations
+    assert len(r.table()) == 2 and set(r.hparams) == {"seed", "l2"}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: Trainer(model=3, optimizer=optax.sgd(0.1)), TypeError, "model"),
+        (lambda: Trainer(model=MLP(), optimizer="adam"), TypeError, "optimizer"),
+        (lambda: _trainer(ema_decay=1.0), ValueError, "ema_decay"),
+        (lambda: _trainer(penalties={"l2": 0.1}), TypeError, "penalties"),
+        (lambda: _trainer(param_sharding=lambda p, x: None), ValueError, "mesh"),
+        (
+            lambda: fit(
+                _trainer(), _trainer().init(jax.random.key(0), X[:8]), (X, Y), (X, Y),
+                epochs=1, batch_size=8, loop=Loop(4, 1),
+                early_stopping=jaxreg.EarlyStopping(monitor="val_top5", mode="max"),
+            ),
+            KeyError,
+            "val_top5",
+        ),
+        (
+            lambda: _trainer(penalties={"l2": jaxreg.l2_penalty}).init(jax.random.key(0), X),
+            ValueError,
+            "l2",
+        ),
+        (
+            lambda: _trainer().init(jax.random.key(0), X, {"label_smoothing": [0.1, 0.2]}),
+            ValueError,
+            "label_smoothing",
+        ),
+        (lambda: _trainer().init(0, X), TypeError, "key"),
+        (
+            lambda: _trainer().eval_fn(_trainer().init(jax.random.key(0), X), (X, Y), ema=True),
+            ValueError,
+            "ema",
+        ),
+        (
+            lambda: fit(_trainer(), None, (X, Y[:5]), epochs=1, batch_size=4),
+            ValueError,
+            "labels",
+        ),
+        (
+            lambda: fit(_trainer(), None, (X, Y), epochs=1, batch_size=1000),
+            ValueError,
+            "batch_size",
+        ),
+        (lambda: sweep(_trainer(), {}, (X, Y), key=jax.random.key(0), epochs=1, batch_size=8),
+         ValueError, "hparams"),
+        (
+            lambda: sweep(
+                _trainer(), {"l2": [0, 1], "label_smoothing": [0.1]}, (X, Y),
+                key=jax.random.key(0), epochs=1, batch_size=8,
+            ),
+            ValueError,
+            "same length",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_arguments_raise_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# --------------------------------------------------------------------------- sharding
+
+SHARDED = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import Mesh, PartitionSpec as P
+    import jaxreg
+    from jaxreg.training import Trainer
+    from tests.test_training import MLP, L2, X, Y
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    kw = dict(model=MLP(), optimizer=optax.adam(1e-2), penalties={"l2": L2})
+    single, sharded = Trainer(**kw), Trainer(**kw, mesh=mesh)
+    a = single.init(jax.random.key(0), X[:16])
+    b = sharded.init(jax.random.key(0), X[:16])
+    for i in range(2):
+        batch = (X[16 * i : 16 * i + 16], Y[16 * i : 16 * i + 16])
+        a, ma = single.train_step(a, batch)
+        b, mb = sharded.train_step(b, sharded.shard_batch(batch))
+    err = lambda u, v: max(
+        float(np.max(np.abs(np.asarray(p) - np.asarray(q))))
+        for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(v))
+    )
+    placed = sharded.shard_batch((X[:16], Y[:16]))[0].sharding
+    try:
+        sharded.shard_batch((X[:12], Y[:12]))
+        error = ""
+    except ValueError as e:
+        error = str(e)
+    # 4 x 2 mesh: batch over "data", the first kernel's output units over "model"
+    mesh2 = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+    rule = lambda path, p: P(None, "model") if path == "Dense_0/kernel" else None
+    split = Trainer(**kw, mesh=mesh2, param_sharding=rule)
+    c = split.init(jax.random.key(0), X[:16])
+    for i in range(2):
+        batch = (X[16 * i : 16 * i + 16], Y[16 * i : 16 * i + 16])
+        c, _ = split.train_step(c, split.shard_batch(batch))
+    kernel = c.params["Dense_0"]["kernel"]
+    mu = c.opt_state[0].mu["Dense_0"]["kernel"]
+    print("RESULT " + json.dumps({
+        "split_params": err(a.params, c.params),
+        "split_stats": err(a.batch_stats, c.batch_stats),
+        "kernel_spec": kernel.sharding.spec == P(None, "model"),
+        "mu_spec": mu.sharding.spec == P(None, "model"),
+        "other_replicated": c.params["Dense_1"]["kernel"].sharding.is_fully_replicated,
+        "devices": len(jax.devices()),
+        "params": err(a.params, b.params),
+        "stats": err(a.batch_stats, b.batch_stats),
+        "loss": abs(float(ma["loss"]) - float(mb["loss"])),
+        "batch_spread": len(placed.device_set),
+        "replicated": b.params["Dense_0"]["kernel"].sharding.is_fully_replicated,
+        "error": error,
+    }))
+    """
+)
+
+
+def test_sharded_step_equals_single_device_step():
+    r = run_on_cpu_devices(SHARDED, devices=8)
+    assert r["devices"] == 8 and r["batch_spread"] == 8 and r["replicated"]
+    assert r["params"] < 1e-5 and r["stats"] < 1e-5 and r["loss"] < 1e-5, r
+    assert "divisible" in r["error"] and "12" in r["error"]
+    assert r["split_params"] < 1e-5 and r["split_stats"] < 1e-5, r
+    assert r["kernel_spec"] and r["mu_spec"]  # the kernel and its Adam moment: split
+    assert r["other_replicated"]

@@ -376,10 +376,17 @@ def make_jaxreg(data, args, log_norms=True, name="jaxreg"):
     trainer = _jaxreg_trainer(args, log_norms=log_norms)
     x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
     state = _with_shared_kernels(trainer.init(jax.random.key(0), x[:BATCH]), data)
-    loop, timings = jaxreg.choose_loop(trainer, state, (x, y), batch_size=BATCH)
+    loop, timings = _choose(args, trainer, state, (x, y))
     CHOSEN[name] = {"loop": loop.name, "candidates_ms": _ms(timings)}
     runner = jaxreg.fitting.EpochRunner(trainer, x.shape[0], BATCH, loop)
     return _engine_loop(runner, state, (x, y))
+
+
+def _choose(args, trainer, state, data, members=None):
+    """``jaxreg.choose_loop``'s measured choice, or ``--jaxreg-fuse`` steps per scan call."""
+    if args.jaxreg_fuse:
+        return jaxreg.Loop(args.jaxreg_fuse, 1), {}
+    return jaxreg.choose_loop(trainer, state, data, batch_size=BATCH, members=members)
 
 
 def _ms(timings):
@@ -498,14 +505,12 @@ def run_sweep_case(args):
     members = jaxreg.init_members(trainer, jax.random.key(0), x[:BATCH], hp)
     runs, chosen = {}, {}
     for mode in jaxreg.fitting.MEMBER_MODES:
-        loop, timings = jaxreg.choose_loop(trainer, members, (x, y), batch_size=BATCH, members=mode)
+        loop, timings = _choose(args, trainer, members, (x, y), members=mode)
         chosen[mode] = {"loop": loop.name, "candidates_ms": _ms(timings)}
         runner = jaxreg.fitting.EpochRunner(trainer, x.shape[0], BATCH, loop, members=mode)
         runs[f"sweep {mode}"] = _engine_loop(runner, jax.tree.map(jnp.copy, members), (x, y))
     # the K members one after another, each a separate single-model run (one compile)
-    loop, timings = jaxreg.choose_loop(
-        trainer, jax.tree.map(lambda a: a[0], members), (x, y), batch_size=BATCH
-    )
+    loop, timings = _choose(args, trainer, jax.tree.map(lambda a: a[0], members), (x, y))
     chosen["separate runs"] = {"loop": loop.name, "candidates_ms": _ms(timings)}
     runner = jaxreg.fitting.EpochRunner(trainer, x.shape[0], BATCH, loop)
     singles = [
@@ -520,7 +525,12 @@ def run_sweep_case(args):
             times[name].append((time.perf_counter() - t0) / (steps * k))
     med = {name: statistics.median(ts) for name, ts in times.items()}
     modes = jaxreg.fitting.MEMBER_MODES
-    auto = min(modes, key=lambda m: min(chosen[m]["candidates_ms"].values()))
+
+    def measured(mode):  # what sweep(mode="auto") compares (timed medians with --jaxreg-fuse)
+        cands = chosen[mode]["candidates_ms"]
+        return min(cands.values()) if cands else med[f"sweep {mode}"]
+
+    auto = min(modes, key=measured)
     return {
         "case": f"sweep of {k} seed-MLP members, {steps} steps each, batch {BATCH}",
         "ms_per_member_step": {name: round(t * 1e3, 4) for name, t in med.items()},
@@ -555,14 +565,18 @@ def main(argv=None):
     ap.add_argument("--sweep-steps", type=int, default=50, help="sweep case: steps per member")
     ap.add_argument("--no-sweep", action="store_true", help="skip the sweep case")
     ap.add_argument(
+        "--jaxreg-fuse", type=int, default=0, help="fixed scan length for jaxreg (0: measured)"
+    )
+    ap.add_argument(
         "--tiny",
         action="store_true",
-        help="smoke test: --steps 4 --repeats 1 --scan-steps 2 --hidden 32,16, 2 members x 2 steps",
+        help="smoke test: --steps 4 --repeats 1 --scan-steps 2 --hidden 32,16, "
+        "2 members x 2 steps, --jaxreg-fuse 2",
     )
     args = ap.parse_args(argv)
     if args.tiny:
         args.steps, args.repeats, args.scan_steps, args.hidden = 4, 1, 2, "32,16"
-        args.members, args.sweep_steps = 2, 2
+        args.members, args.sweep_steps, args.jaxreg_fuse = 2, 2, 2
     args.hidden = [int(h) for h in args.hidden.split(",") if h]
     if args.steps % args.scan_steps:
         ap.error(f"--steps ({args.steps}) must be a multiple of --scan-steps ({args.scan_steps})")

@@ -30,7 +30,7 @@ import optax
 import jaxreg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_optax_chain import load_mnist  # noqa: E402  (the sibling example's reader)
+from mnist_optax_chain import load_mnist  # the sibling example's reader
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -56,6 +56,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-size", type=int, default=5000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", default="auto", help="sweep mode: auto, vmap, map, sequential")
+    ap.add_argument("--fuse", type=int, default=0, help="steps per scan call (0: measured)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -67,9 +69,7 @@ def main(argv=None) -> dict:
         model=lambda hp: MLP(rate=hp["dropout"]),
         optimizer=optax.adam(1e-3),
     )
-    es = jaxreg.EarlyStopping(
-        monitor="val_loss", patience=args.patience, restore_best_weights=True
-    )
+    es = jaxreg.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True)
     t0 = time.perf_counter()
     result = jaxreg.sweep(
         trainer,
@@ -80,6 +80,8 @@ def main(argv=None) -> dict:
         epochs=args.epochs,
         batch_size=args.batch_size,
         early_stopping=es,
+        mode=args.mode,
+        loop=jaxreg.Loop(args.fuse, 1) if args.fuse else "auto",
     )
     seconds = time.perf_counter() - t0
 

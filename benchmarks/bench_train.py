@@ -37,6 +37,18 @@ trains ``--steps`` steps, blocks until done and returns the last loss):
   the epoch mean ``fit`` reports, not the last step's. Skipped if keras does not
   import (or was already imported with another backend).
 
+* ``jaxreg``: ``jaxreg.Trainer`` (the same model with ``jaxreg.nn.Dropout``, the L2
+  term as a named penalty on ``by_kernels()``) run by the epoch runner ``fit``
+  uses, its loop chosen by ``jaxreg.choose_loop``; it also logs per-step metrics
+  (loss parts, accuracy, grad/update/parameter norms) and guards non-finite
+  updates. ``jaxreg lean``: the same with ``log_norms=False``.
+
+Case 2, the sweep: K members (``--members``, dropout 0.1..0.5 and L2 1e-4..1e-2)
+for ``--sweep-steps`` steps each, with ``sweep``'s three modes (``vmap``, ``map``,
+``sequential``) against the K members as separate runs one after another; ms per
+member-step. Case 3: a small CNN's loop candidates as ``choose_loop`` measures
+them (Python loop, ``lax.scan``, fully unrolled scan).
+
 Compile time is excluded (one warm-up ``run()`` each); implementations are
 interleaved within each repeat; the report gives the median ms per step and
 samples/s. ``final_loss`` is a sanity figure from the last timed run (random
@@ -493,6 +505,52 @@ def run_case(args, impls):
     return result
 
 
+class SmallCNN(nn.Module):
+    """conv3x3(32)-BN-ReLU-pool, conv3x3(64)-BN-ReLU-pool, dense(128)-dropout, dense(10)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        for width in (32, 64):
+            x = nn.Conv(width, (3, 3), use_bias=False)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS)(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+        x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
+        x = jaxreg.nn.Dropout(RATE)(x, deterministic=not train)
+        return nn.Dense(N_OUT)(x)
+
+
+def run_cnn_case(args):
+    """How to run a conv net's steps: the loop candidates ``choose_loop`` measures."""
+    steps = args.cnn_steps
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((steps * BATCH, 28, 28, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, N_OUT, size=steps * BATCH).astype(np.int32))
+    trainer = jaxreg.Trainer(
+        model=SmallCNN(),
+        optimizer=optax.adam(LR, eps=ADAM_EPS),
+        penalties={"l2": (lambda p: jaxreg.l2_penalty(p, mask=jaxreg.by_kernels()), L2)},
+    )
+    state = trainer.init(jax.random.key(0), x[:BATCH])
+    fuse = args.jaxreg_fuse or steps
+    cands = [jaxreg.Loop(1, 1), jaxreg.Loop(fuse, 1), jaxreg.Loop(fuse, fuse)]
+    loop, timings = jaxreg.choose_loop(
+        trainer, state, (x, y), batch_size=BATCH, candidates=list(dict.fromkeys(cands)),
+        repeats=args.repeats,
+    )  # fmt: skip
+    return {
+        "case": f"small CNN 28x28x1 batch {BATCH}: loop candidates over {steps} steps",
+        "ms_per_step": _ms(timings),
+        "chosen": loop.name,
+        "repeats": args.repeats,
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": _cpu_count(),
+        "cpu_model": _cpu_model(),
+        "jax": jax.__version__,
+        "jaxreg": _version("jaxreg"),
+    }
+
+
 def run_sweep_case(args):
     """K members differing in dropout rate and L2 weight: the sweep's three modes (vmap,
     lax.map, sequential calls of the single-model program) vs K separate runs."""
@@ -564,6 +622,8 @@ def main(argv=None):
     ap.add_argument("--members", type=int, default=8, help="sweep case: K members")
     ap.add_argument("--sweep-steps", type=int, default=50, help="sweep case: steps per member")
     ap.add_argument("--no-sweep", action="store_true", help="skip the sweep case")
+    ap.add_argument("--cnn-steps", type=int, default=16, help="CNN case: steps per candidate")
+    ap.add_argument("--no-cnn", action="store_true", help="skip the CNN loop case")
     ap.add_argument(
         "--jaxreg-fuse", type=int, default=0, help="fixed scan length for jaxreg (0: measured)"
     )
@@ -576,7 +636,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.tiny:
         args.steps, args.repeats, args.scan_steps, args.hidden = 4, 1, 2, "32,16"
-        args.members, args.sweep_steps, args.jaxreg_fuse = 2, 2, 2
+        args.members, args.sweep_steps, args.jaxreg_fuse, args.cnn_steps = 2, 2, 2, 2
     args.hidden = [int(h) for h in args.hidden.split(",") if h]
     if args.steps % args.scan_steps:
         ap.error(f"--steps ({args.steps}) must be a multiple of --scan-steps ({args.scan_steps})")
@@ -592,6 +652,11 @@ def main(argv=None):
     # case 2: a K-member sweep, vmap and lax.map, vs the members one after another
     if not args.no_sweep:
         res = run_sweep_case(args)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    # case 3: a conv net's loop candidates (Python loop, scan, unrolled scan)
+    if not args.no_cnn:
+        res = run_cnn_case(args)
         print(json.dumps(res), flush=True)
         results.append(res)
     return results

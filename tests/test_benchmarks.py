@@ -75,7 +75,7 @@ def test_bench_train_smoke(capsys):
     results = bench.main(["--tiny", "--only", only])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["case"] for r in lines] == [r["case"] for r in results]
-    step, sweep = results
+    step, sweep, cnn = results
     assert set(step["ms_per_step"]) == set(only.split(","))
     assert all(t > 0 for t in step["ms_per_step"].values())
     assert step["ratio_best_flax+optax_over_jaxreg"] > 0
@@ -88,3 +88,9 @@ def test_bench_train_smoke(capsys):
     }
     assert sweep["sweep_auto_mode"] in ("vmap", "map", "sequential")
     assert step["device_kind"] and sweep["device_count"] >= 1
+    assert set(cnn["ms_per_step"]) == {
+        "python loop",
+        "scan 2 steps, unroll 1",
+        "scan 2 steps, unroll 2",
+    }
+    assert cnn["chosen"] in cnn["ms_per_step"]

@@ -401,6 +401,18 @@ def _choose(args, trainer, state, data, members=None):
     return jaxreg.choose_loop(trainer, state, data, batch_size=BATCH, members=members)
 
 
+def _machine():
+    """Where a result was measured: device, CPU and versions."""
+    return {
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": _cpu_count(),
+        "cpu_model": _cpu_model(),
+        "jax": jax.__version__,
+        "jaxreg": _version("jaxreg"),
+    }
+
+
 def _ms(timings):
     return {name: round(sec * 1e3, 4) for name, sec in timings.items()}
 
@@ -542,12 +554,7 @@ def run_cnn_case(args):
         "ms_per_step": _ms(timings),
         "chosen": loop.name,
         "repeats": args.repeats,
-        "device_kind": jax.devices()[0].device_kind,
-        "device_count": jax.device_count(),
-        "cpu_count": _cpu_count(),
-        "cpu_model": _cpu_model(),
-        "jax": jax.__version__,
-        "jaxreg": _version("jaxreg"),
+        **_machine(),
     }
 
 
@@ -602,12 +609,7 @@ def run_sweep_case(args):
         "loops": chosen,
         "hparams": {n: [round(float(v), 6) for v in vals] for n, vals in hp.items()},
         "repeats": args.repeats,
-        "device_kind": jax.devices()[0].device_kind,
-        "device_count": jax.device_count(),
-        "cpu_count": _cpu_count(),
-        "cpu_model": _cpu_model(),
-        "jax": jax.__version__,
-        "jaxreg": _version("jaxreg"),
+        **_machine(),
     }
 
 

@@ -395,12 +395,11 @@ PLATEAU_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("rp", "values"), PLATEAU_CASES)
-def test_plateau_matches_keras_rule(rp, values):
-    final, states = plateau_runner(rp)(jnp.float32(0.1), jnp.asarray(values, jnp.float32))
-    want = ref_plateau(
+def _ref_plateau_for(rp, values, lr=0.1):
+    """The plain-Python Keras rule with ``rp``'s settings."""
+    return ref_plateau(
         values,
-        0.1,
+        lr,
         direction=rp.direction,
         factor=rp.factor,
         patience=rp.patience,
@@ -408,6 +407,12 @@ def test_plateau_matches_keras_rule(rp, values):
         cooldown=rp.cooldown,
         min_lr=rp.min_lr,
     )
+
+
+@pytest.mark.parametrize(("rp", "values"), PLATEAU_CASES)
+def test_plateau_matches_keras_rule(rp, values):
+    final, states = plateau_runner(rp)(jnp.float32(0.1), jnp.asarray(values, jnp.float32))
+    want = _ref_plateau_for(rp, values)
     np.testing.assert_allclose(states.learning_rate, want, rtol=1e-6)
     np.testing.assert_allclose(states.scale, np.asarray(want) / 0.1, rtol=1e-6)
     assert isinstance(final, ReduceLROnPlateauState)
@@ -447,16 +452,7 @@ def test_plateau_scripted_values():
 def test_plateau_reference_random(case, ints):
     values = [i / 4 for i in ints]
     _, states = plateau_runner(case)(jnp.float32(0.1), jnp.asarray(values, jnp.float32))
-    want = ref_plateau(
-        values,
-        0.1,
-        direction=case.direction,
-        factor=case.factor,
-        patience=case.patience,
-        min_delta=case.min_delta,
-        cooldown=case.cooldown,
-        min_lr=case.min_lr,
-    )
+    want = _ref_plateau_for(case, values)
     np.testing.assert_allclose(states.learning_rate, want, rtol=1e-6)
 
 

@@ -6,7 +6,7 @@ leaves. Everything is safe under ``jax.jit``, ``jax.vmap`` and
 ``optax.inject_hyperparams``.
 """
 
-from jaxreg import augment, functional, losses, masks, nn, nnx, penalties, transforms
+from jaxreg import augment, data, functional, losses, masks, nn, nnx, penalties, transforms
 from jaxreg.checkpoint import all_steps, latest_step, restore_checkpoint, save_checkpoint
 from jaxreg.early_stopping import (
     EarlyStopping,
@@ -95,6 +95,7 @@ __all__ = [
     "clip_by_leaf_norm",
     "clip_by_unit_norm",
     "coupled_weight_decay",
+    "data",
     "decoupled_weight_decay",
     "elastic_net_penalty",
     "fit",

@@ -89,6 +89,15 @@ def next_count(count: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------- paths
 
 
+def tree_where(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """``jnp.where(pred, a, b)`` on every pair of leaves, keeping ``b``'s dtype.
+
+    The one select behind skipped updates, frozen sweep members and early-stopping
+    state: traced ``pred``, no Python branch, so it works under jit, scan and vmap.
+    """
+    return jax.tree.map(lambda a, b: jnp.where(pred, jnp.asarray(a, b.dtype), b), on_true, on_false)
+
+
 def path_str(path: Sequence[Any]) -> str:
     """'/'-joined flax-style name of a key path, e.g. ``Dense_0/kernel``."""
     parts = []

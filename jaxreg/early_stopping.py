@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxreg._util import tree_where
+
 __all__ = [
     "EarlyStopping",
     "EarlyStoppingState",
@@ -108,11 +110,6 @@ def _improves(direction: str, value: jax.Array, ref: Any, min_delta: float) -> j
     if direction == "min":
         return jnp.less(value + jnp.float32(min_delta), ref)
     return jnp.greater(value - jnp.float32(min_delta), ref)
-
-
-def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    """``jnp.where`` on every leaf, keeping each leaf's dtype (``None`` passes)."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, jnp.asarray(a, b.dtype), b), on_true, on_false)
 
 
 class EarlyStoppingState(NamedTuple):
@@ -272,7 +269,7 @@ class EarlyStopping:
         stop = active & ~improved & (wait >= self.patience) & (e > 0)
         best_params = state.best_params
         if self.restore_best_weights:
-            best_params = _select(improved, params, state.best_params)
+            best_params = tree_where(improved, params, state.best_params)
         new = EarlyStoppingState(
             epoch=(e + 1).astype(jnp.int32),
             wait=wait,
@@ -282,7 +279,7 @@ class EarlyStopping:
             should_stop=stop,
             stopped_epoch=jnp.where(stop, e, state.stopped_epoch).astype(jnp.int32),
         )
-        return _select(state.should_stop, state, new)
+        return tree_where(state.should_stop, state, new)
 
     def final_params(
         self, state: EarlyStoppingState, params: Any, *, only_if_stopped: bool = False
@@ -300,7 +297,7 @@ class EarlyStopping:
         restore = state.best_step >= 0
         if only_if_stopped:
             restore = restore & state.should_stop
-        return _select(restore, state.best_params, params)
+        return tree_where(restore, state.best_params, params)
 
 
 class ReduceLROnPlateauState(NamedTuple):

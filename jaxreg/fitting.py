@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg._util import tree_where
 from jaxreg.training import Batch, Trainer, TrainState
 
 __all__ = ["MEMBER_MODES", "EpochRunner", "History", "Loop", "choose_loop", "fit"]
@@ -45,10 +46,6 @@ class Loop(NamedTuple):
         if self.fuse == 1:
             return "python loop"
         return f"scan {self.fuse} steps, unroll {self.unroll}"
-
-
-def _where(pred, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
 def _epoch_index(state: TrainState, steps_per_epoch: int) -> jax.Array:
@@ -108,7 +105,7 @@ class EpochRunner:
             idx = order[row]
             new, metrics = self.trainer.step_fn(st, (x[idx], y[idx]))
             if frozen is not None:  # a stopped sweep member keeps its state
-                new = _where(frozen, st, new)
+                new = tree_where(frozen, st, new)
             return new, metrics
 
         rows = start + jnp.arange(fuse)
@@ -139,7 +136,7 @@ class EpochRunner:
             just_stopped = es_state.should_stop & ~was_stopped
             if self.early_stopping.restore_best_weights:
                 state = state.replace(
-                    params=_where(just_stopped, es_state.best_params, state.params)
+                    params=tree_where(just_stopped, es_state.best_params, state.params)
                 )
         if self.plateau is not None:
             pl_state = self.plateau.update(pl_state, metrics)
@@ -408,8 +405,7 @@ def fit(
             f"fit: batch_size must lie in [1, {train[0].shape[0]}] (the training set size), "
             f"got {batch_size}."
         )
-    if trainer.mesh is not None:
-        trainer.shard_batch(train[0][:batch_size])  # divisibility check, clear error
+    trainer.check_batch_size(batch_size, "fit")
     if (early_stopping is not None or plateau is not None) and val is None:
         monitors = [r.monitor for r in (early_stopping, plateau) if r is not None]
         if any(m.startswith("val_") for m in monitors):

@@ -30,7 +30,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxreg._util import path_str
+from jaxreg._util import path_str, tree_where
 from jaxreg.losses import soft_target_cross_entropy, softmax_cross_entropy
 from jaxreg.transforms.clipping import global_norm
 
@@ -105,10 +105,6 @@ def _penalty_fn(name: str, value: Any) -> tuple[Callable, float | None]:
         f"Trainer: penalties[{name!r}] must be a callable params -> scalar or a pair "
         f"(callable, default_weight), got {value!r}."
     )
-
-
-def _tree_where(pred, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
 def _clip_flags(opt_state) -> list[jax.Array]:
@@ -342,14 +338,20 @@ class Trainer:
         """
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, batch)
-        n_dev = self.mesh.shape[self.data_axis]
         for leaf in jax.tree.leaves(batch):
-            if leaf.shape[0] % n_dev:
-                raise ValueError(
-                    f"Trainer.shard_batch: batch size {leaf.shape[0]} is not divisible by the "
-                    f"{n_dev} devices of mesh axis {self.data_axis!r}."
-                )
+            self.check_batch_size(leaf.shape[0], "Trainer.shard_batch")
         return jax.device_put(batch, NamedSharding(self.mesh, P(self.data_axis)))
+
+    def check_batch_size(self, batch_size: int, where: str = "Trainer") -> None:
+        """Raise a ``ValueError`` unless ``batch_size`` splits evenly over ``data_axis``."""
+        if self.mesh is None:
+            return
+        n_dev = self.mesh.shape[self.data_axis]
+        if batch_size % n_dev:
+            raise ValueError(
+                f"{where}: batch size {batch_size} is not divisible by the "
+                f"{n_dev} devices of mesh axis {self.data_axis!r}."
+            )
 
     def _constrain_batch(self, batch: Any) -> Any:
         if self.mesh is None:
@@ -411,9 +413,9 @@ class Trainer:
             ok = jnp.isfinite(loss) & jnp.isfinite(norms["grad_norm"])
             if self.log_norms:
                 ok = ok & jnp.isfinite(norms["update_norm"])
-            new_params = _tree_where(ok, new_params, state.params)
-            new_opt = _tree_where(ok, new_opt, state.opt_state)
-            new_stats = _tree_where(ok, new_stats, state.batch_stats)
+            new_params = tree_where(ok, new_params, state.params)
+            new_opt = tree_where(ok, new_opt, state.opt_state)
+            new_stats = tree_where(ok, new_stats, state.batch_stats)
         ema_params, ema_stats = state.ema_params, state.ema_batch_stats
         if self.ema_decay is not None:
             d = jnp.float32(self.ema_decay)

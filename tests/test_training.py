@@ -422,6 +422,17 @@ SHARDED = textwrap.dedent(
         float(np.max(np.abs(np.asarray(p) - np.asarray(q))))
         for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(v))
     )
+    # fit on the mesh: the epoch's batches are gathered inside jit and sharded
+    from jaxreg.fitting import Loop, fit
+    fa, _, _, _ = fit(single, single.init(jax.random.key(1), X[:16]), (X, Y), epochs=1,
+                      batch_size=16, loop=Loop(3, 1))
+    fb, _, _, _ = fit(sharded, sharded.init(jax.random.key(1), X[:16]), (X, Y), epochs=1,
+                      batch_size=16, loop=Loop(3, 1))
+    try:
+        fit(sharded, fb, (X, Y), epochs=2, batch_size=12, loop=Loop(3, 1))
+        fit_error = ""
+    except ValueError as e:
+        fit_error = str(e)
     placed = sharded.shard_batch((X[:16], Y[:16]))[0].sharding
     try:
         sharded.shard_batch((X[:12], Y[:12]))
@@ -439,6 +450,8 @@ SHARDED = textwrap.dedent(
     kernel = c.params["Dense_0"]["kernel"]
     mu = c.opt_state[0].mu["Dense_0"]["kernel"]
     print("RESULT " + json.dumps({
+        "fit_params": err(fa.params, fb.params),
+        "fit_error": fit_error,
         "split_params": err(a.params, c.params),
         "split_stats": err(a.batch_stats, c.batch_stats),
         "kernel_spec": kernel.sharding.spec == P(None, "model"),
@@ -464,3 +477,5 @@ def test_sharded_step_equals_single_device_step():
     assert r["split_params"] < 1e-5 and r["split_stats"] < 1e-5, r
     assert r["kernel_spec"] and r["mu_spec"]  # the kernel and its Adam moment: split
     assert r["other_replicated"]
+    assert r["fit_params"] < 1e-5, r
+    assert "fit" in r["fit_error"] and "divisible" in r["fit_error"]

@@ -30,6 +30,7 @@ from jaxreg._util import (
     init_count,
     next_count,
     resolve,
+    tree_where,
     unit_axes,
     unit_sq_norms,
 )
@@ -303,9 +304,7 @@ def skip_non_finite(
             new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
             ok = ok & _all_finite(new_updates) & _all_finite(_float_leaves(new_inner))
             out = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
-            inner_state = jax.tree.map(
-                lambda n, o: jnp.where(ok, n, o), new_inner, state.inner_state
-            )
+            inner_state = tree_where(ok, new_inner, state.inner_state)
         else:
             out, inner_state = jax.lax.cond(
                 ok,

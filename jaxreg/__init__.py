@@ -6,7 +6,7 @@ leaves. Everything is safe under ``jax.jit``, ``jax.vmap`` and
 ``optax.inject_hyperparams``.
 """
 
-from jaxreg import augment, data, functional, losses, masks, nn, nnx, penalties, transforms
+from jaxreg import augment, data, functional, losses, masks, models, nn, nnx, penalties, transforms
 from jaxreg.checkpoint import all_steps, latest_step, restore_checkpoint, save_checkpoint
 from jaxreg.early_stopping import (
     EarlyStopping,
@@ -115,6 +115,7 @@ __all__ = [
     "losses",
     "mask_report",
     "masks",
+    "models",
     "nn",
     "nnx",
     "orthogonal_penalty",

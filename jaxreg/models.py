@@ -1,0 +1,193 @@
+"""Flax linen models for the regularization experiments.
+
+Every model is called as ``model.apply(variables, x, train=...)`` on float32
+inputs (images NHWC, already scaled or standardized; MNIST-1D signals
+``(N, 40, 1)``) and returns logits ``(N, num_classes)``. Shared fields:
+
+* ``num_classes``: number of logits.
+* ``dropout``: drop probability of :class:`jaxreg.nn.Dropout`, a float or a traced
+  scalar (so a sweep can ``vmap`` over it); active only when ``train=True``,
+  drawing from the ``dropout`` rng stream.
+* ``batch_norm``: ``flax.linen.BatchNorm`` (momentum 0.9) after each conv / hidden
+  dense layer, which then has no bias; running statistics live in the
+  ``batch_stats`` collection and change only when the caller makes it mutable.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = get_model("mlp", hidden=(32,), dropout=0.5)
+    >>> x = jnp.zeros((2, 28, 28, 1))
+    >>> variables = model.init(jax.random.key(0), x, train=False)
+    >>> model.apply(variables, x, train=False).shape
+    (2, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from jaxreg.nn import Dropout
+
+__all__ = ["CNN1D", "MLP", "MLP1D", "MODELS", "ResNet", "SmallCNN", "get_model"]
+
+
+def _norm_relu(x: jax.Array, batch_norm: bool, train: bool) -> jax.Array:
+    if batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.relu(x)
+
+
+def _max_pool2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, VALID (odd sizes floor): the outputs of ``nn.max_pool``.
+
+    Written as a reshape and a max, whose gradient is elementwise: XLA's CPU gradient
+    of ``nn.max_pool`` (select-and-scatter) ran about 10x slower. Tied maxima share
+    the gradient equally (``nn.max_pool`` gives it all to one of them).
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _conv(width: int, kernel: Sequence[int], batch_norm: bool, **kw) -> nn.Conv:
+    return nn.Conv(width, tuple(kernel), use_bias=not batch_norm, **kw)
+
+
+class MLP(nn.Module):
+    """Fully connected net on flattened inputs: ``[dense-(BN)-relu-dropout] * len(hidden)``,
+    dense logits. The default on MNIST is the seed MLP 784-512-256-10."""
+
+    num_classes: int = 10
+    hidden: Sequence[int] = (512, 256)
+    dropout: float | jax.Array = 0.0
+    batch_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = nn.Dense(width, use_bias=not self.batch_norm)(x)
+            x = _norm_relu(x, self.batch_norm, train)
+            x = Dropout(self.dropout)(x, deterministic=not train)
+        return nn.Dense(self.num_classes)(x)
+
+
+class SmallCNN(nn.Module):
+    """Small conv net: ``[conv3x3-(BN)-relu-maxpool2] * len(channels)``, flatten,
+    dense-(BN)-relu-dropout, dense logits.
+
+    Convs use SAME padding and pooling floors, so 28x28 -> 7x7, 32x32 -> 8x8 and
+    8x8 (sklearn digits) -> 2x2 with the default two stages.
+    """
+
+    num_classes: int = 10
+    channels: Sequence[int] = (32, 64)
+    dense: int = 128
+    dropout: float | jax.Array = 0.0
+    batch_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for width in self.channels:
+            x = _conv(width, (3, 3), self.batch_norm, padding="SAME")(x)
+            x = _norm_relu(x, self.batch_norm, train)
+            x = _max_pool2(x)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(self.dense, use_bias=not self.batch_norm)(x)
+        x = _norm_relu(x, self.batch_norm, train)
+        x = Dropout(self.dropout)(x, deterministic=not train)
+        return nn.Dense(self.num_classes)(x)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet in the spirit of ResNet-9 / airbench (Page 2018, Jordan 2024).
+
+    Stem conv3x3-BN-relu with ``widths[0]`` channels; then per width a stage
+    conv3x3-maxpool2-BN-relu followed by a residual block ``x + f(x)``, ``f`` two
+    conv3x3-BN-relu; global max (``pool="max"``) or average (``"avg"``) pooling,
+    dropout, dense logits. Batch norm is always on: ``batch_norm`` exists for a
+    uniform interface and must be True (False raises ``ValueError``).
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (64, 128, 256)
+    pool: str = "max"
+    dropout: float | jax.Array = 0.0
+    batch_norm: bool = True
+
+    def _conv_bn_relu(self, x: jax.Array, width: int, train: bool, pool: bool = False):
+        x = _conv(width, (3, 3), True, padding="SAME")(x)
+        if pool:
+            x = _max_pool2(x)
+        return _norm_relu(x, True, train)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.batch_norm is not True:
+            raise ValueError("ResNet: batch norm is always on; batch_norm=False is not supported.")
+        if self.pool not in ("max", "avg"):
+            raise ValueError(f"ResNet: pool must be 'max' or 'avg', got {self.pool!r}.")
+        x = self._conv_bn_relu(x, self.widths[0], train)
+        for width in self.widths:
+            x = self._conv_bn_relu(x, width, train, pool=True)
+            x = x + self._conv_bn_relu(self._conv_bn_relu(x, width, train), width, train)
+        x = x.max(axis=(1, 2)) if self.pool == "max" else x.mean(axis=(1, 2))
+        x = Dropout(self.dropout)(x, deterministic=not train)
+        return nn.Dense(self.num_classes)(x)
+
+
+class CNN1D(nn.Module):
+    """The MNIST-1D paper's ``ConvBase`` (Greydanus 2020): ``layers`` conv1d layers
+    with ``channels`` channels, stride 2, padding 1, kernel 5 for the first layer and
+    3 after, each -(BN)-relu; flatten, dropout, linear logits.
+
+    On ``(N, 40, 1)`` signals the lengths go 40 -> 19 -> 10 -> 5 (125 features).
+    Inputs ``(N, L)`` get a channel axis.
+    """
+
+    num_classes: int = 10
+    channels: int = 25
+    layers: int = 3
+    dropout: float | jax.Array = 0.0
+    batch_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if x.ndim == 2:
+            x = x[..., None]
+        for i in range(self.layers):
+            kernel = (5,) if i == 0 else (3,)
+            x = _conv(self.channels, kernel, self.batch_norm, strides=(2,), padding=((1, 1),))(x)
+            x = _norm_relu(x, self.batch_norm, train)
+        x = x.reshape(x.shape[0], -1)
+        x = Dropout(self.dropout)(x, deterministic=not train)
+        return nn.Dense(self.num_classes)(x)
+
+
+class MLP1D(MLP):
+    """The MNIST-1D paper's MLP: 40-100-100-10 with relu (an :class:`MLP` with
+    ``hidden=(100, 100)``)."""
+
+    hidden: Sequence[int] = (100, 100)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": SmallCNN,
+    "resnet": ResNet,
+    "cnn1d": CNN1D,
+    "mlp1d": MLP1D,
+}
+
+
+def get_model(name: str, **fields) -> nn.Module:
+    """The model registered as ``name`` in :data:`MODELS`, built with ``fields``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`MODELS`.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choices: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**fields)

@@ -1,0 +1,220 @@
+"""Experiment models: shapes, dropout randomness, batch-statistics updates, traced
+dropout rates under vmap, the seed MLP's size, the registry, and training with
+the Trainer."""
+
+import flax.errors
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxreg
+from jaxreg.models import CNN1D, MLP, MLP1D, MODELS, ResNet, SmallCNN, _max_pool2, get_model
+
+# small variants of every model and a representative input shape for each
+CASES = {
+    "mlp": (dict(hidden=(32, 16)), (3, 28, 28, 1)),
+    "cnn": (dict(channels=(4, 8), dense=16), (3, 28, 28, 1)),
+    "cnn_rgb": (dict(channels=(4, 8), dense=16), (3, 32, 32, 3)),
+    "cnn_digits": (dict(channels=(4, 8), dense=16), (3, 8, 8, 1)),
+    "resnet": (dict(widths=(4, 8)), (3, 8, 8, 3)),
+    "cnn1d": (dict(channels=6), (3, 40, 1)),
+    "mlp1d": (dict(hidden=(16,)), (3, 40, 1)),
+}
+
+
+def _model(case, **fields):
+    name = case.split("_")[0]
+    return get_model(name, **{**CASES[case][0], **fields})
+
+
+def _input(case, key=0):
+    return jax.random.uniform(jax.random.key(key), CASES[case][1])
+
+
+def _shapes(model, x):
+    """Shapes and dtypes of ``model``'s variables (nothing is computed)."""
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+
+
+def _init(model, x):
+    """Variables of ``model`` with NumPy-drawn parameters (BN statistics as flax inits
+    them): flax's random init compiles one RNG program per parameter shape, about a
+    second each on a 2-core CPU; the behaviour tested here does not depend on it."""
+    shapes = _shapes(model, x)
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "batch_stats" in name:
+            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else 100
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _apply_train(model, variables, x, key):
+    mutable = ["batch_stats"] if "batch_stats" in variables else False
+    out = model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=mutable)
+    return out[0] if mutable else out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_output_shape_and_dtype(case, batch_norm):
+    if case == "resnet" and not batch_norm:
+        pytest.skip("ResNet always uses batch norm")
+    model = _model(case, num_classes=7, batch_norm=batch_norm)
+    x = jax.ShapeDtypeStruct(CASES[case][1], jnp.float32)
+    variables = _shapes(model, x)
+    assert ("batch_stats" in variables) == batch_norm
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert logits.shape == (x.shape[0], 7)
+    assert logits.dtype == jnp.float32
+
+
+def test_default_model_shapes():
+    for name, shape in [("cnn", (2, 28, 28, 1)), ("resnet", (2, 32, 32, 3)), ("cnn1d", (2, 40))]:
+        model, x = get_model(name), jax.ShapeDtypeStruct(shape, jnp.float32)
+        variables = _shapes(model, x)
+        logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)  # noqa: B023
+        assert logits.shape == (2, 10), name
+    x = jax.ShapeDtypeStruct((2, 40, 1), jnp.float32)
+    dense = _shapes(CNN1D(), x)["params"]["Dense_0"]["kernel"]
+    assert dense.shape == (125, 10)  # the paper's linear_in: 40 -> 19 -> 10 -> 5, 25 channels
+    assert MLP1D().hidden == (100, 100)
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn", "resnet", "cnn1d"])
+def test_dropout_uses_the_rng_in_training_only(case):
+    model = _model(case, dropout=0.5)
+    x = _input(case)
+    variables = _init(model, x)
+    train = jax.jit(lambda key: _apply_train(model, variables, x, key))
+    a, b = train(jax.random.key(1)), train(jax.random.key(2))
+    assert not np.allclose(a, b), "different dropout keys gave the same logits"
+    # evaluation needs no rng and ignores the rate
+    evaluate = jax.jit(lambda m: m.apply(variables, x, train=False), static_argnums=0)
+    e1, e0 = evaluate(model), evaluate(_model(case, dropout=0.0))
+    np.testing.assert_array_equal(e1, e0)
+    assert not np.allclose(a, e1)
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn", "resnet", "cnn1d"])
+def test_batch_stats_change_only_when_mutable_in_training(case):
+    model = _model(case, batch_norm=True)
+    x = _input(case)
+    variables = _init(model, x)
+    stats0 = variables["batch_stats"]
+    _, upd = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, upd["batch_stats"], stats0)
+    _, upd = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
+    )
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), upd["batch_stats"], stats0)
+    assert all(jax.tree.leaves(changed)), "training did not update every statistic"
+    with pytest.raises(flax.errors.ModifyScopeVariableError, match="batch_stats"):
+        model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+
+
+def test_traced_dropout_rate_under_vmap():
+    x = _input("mlp")
+    variables = _init(_model("mlp"), x)
+    key = jax.random.key(3)
+
+    def logits(rate):
+        return _model("mlp", dropout=rate).apply(variables, x, train=True, rngs={"dropout": key})
+
+    rates = jnp.array([0.0, 0.5], jnp.float32)
+    out = jax.jit(jax.vmap(logits))(rates)
+    plain = _model("mlp").apply(variables, x, train=False)
+    np.testing.assert_allclose(out[0], plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], jax.jit(logits)(rates[1]), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out[0], out[1])
+
+
+def test_seed_mlp_parameter_count():
+    x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    variables = _shapes(MLP(), x)
+    count = sum(p.size for p in jax.tree.leaves(variables["params"]))
+    assert count == 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
+    assert "batch_stats" not in variables
+
+
+def test_registry_and_errors():
+    assert MODELS == {
+        "mlp": MLP,
+        "cnn": SmallCNN,
+        "resnet": ResNet,
+        "cnn1d": CNN1D,
+        "mlp1d": MLP1D,
+    }
+    assert isinstance(get_model("cnn", dropout=0.1), SmallCNN)
+    with pytest.raises(ValueError, match="nope") as info:
+        get_model("nope")
+    assert all(name in str(info.value) for name in MODELS)
+    x = jnp.zeros((1, 8, 8, 3))
+    with pytest.raises(ValueError, match="batch norm"):
+        ResNet(widths=(4,), batch_norm=False).init(jax.random.key(0), x, train=False)
+    with pytest.raises(ValueError, match="pool"):
+        ResNet(widths=(4,), pool="min").init(jax.random.key(0), x, train=False)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 2)])
+def test_max_pool_equals_flax(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    np.testing.assert_array_equal(_max_pool2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def _tiny_data(case, n=32):
+    xs = jax.random.uniform(jax.random.key(4), (n, *CASES[case][1][1:]))
+    ys = jax.random.randint(jax.random.key(5), (n,), 0, 10)
+    return xs, ys
+
+
+# SmallCNN and CNN1D train with the Trainer in tests/test_learning.py (CNN1D also below)
+def test_resnet_one_epoch_with_trainer_and_fit():
+    # one stage: few parameter shapes, as Trainer.init's random init compiles once per shape
+    trainer = jaxreg.Trainer(
+        model=lambda hp: _model("resnet", widths=(4,), dropout=hp["dropout"]),
+        optimizer=optax.adam(1e-2),
+        penalties={"l2": (lambda p: jaxreg.l2_penalty(p, mask=jaxreg.by_kernels()), 1e-4)},
+        log_norms=False,
+    )
+    train = _tiny_data("resnet")
+    state = trainer.init(jax.random.key(0), train[0][:1], {"dropout": 0.3})
+    before = jax.tree.map(jnp.copy, (state.params, state.batch_stats))  # fit donates the state
+    new, history, _, _ = jaxreg.fit(
+        trainer, state, train, epochs=1, batch_size=16, loop=jaxreg.Loop(1, 1)
+    )
+    assert int(new.step) == 2
+    assert len(history.epochs) == 1
+    assert np.isfinite(history.epochs[0]["loss"])
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params, before[0])
+    assert all(jax.tree.leaves(changed))
+    assert jax.tree.leaves(new.batch_stats)
+    stats = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.batch_stats, before[1])
+    assert all(jax.tree.leaves(stats))
+
+
+def test_sweep_over_dropout_rates_of_a_model():
+    trainer = jaxreg.Trainer(
+        model=lambda hp: _model("cnn1d", dropout=hp["dropout"]),
+        optimizer=optax.sgd(0.1),
+    )
+    result = jaxreg.sweep(
+        trainer,
+        {"dropout": [0.0, 0.5]},
+        _tiny_data("cnn1d"),
+        key=jax.random.key(0),
+        epochs=1,
+        batch_size=16,
+        mode="vmap",
+        loop=jaxreg.Loop(1, 1),
+    )
+    params = result.state.params["Dense_0"]["kernel"]
+    assert params.shape[0] == 2
+    assert not np.allclose(params[0], params[1]), "members with different rates trained alike"

@@ -1,0 +1,411 @@
+"""Run the regularization experiments: data, trainers per config, compare and sweep.
+
+:func:`prepare` loads a dataset (:mod:`jaxreg.data`) onto the device as float32
+with a seeded validation split; :func:`build` turns a
+:class:`~jaxreg.experiments.configs.Regularization` into a
+:class:`~jaxreg.Trainer`; :func:`run_config` trains one model per config with
+:func:`jaxreg.fit`; :func:`run_sweep` trains the members of one hyperparameter
+sweep in one program with :func:`jaxreg.sweep`. Results are plain dicts (JSON
+ready), written out by :mod:`jaxreg.experiments.report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import data as data_lib
+from ..augment import random_crop, random_crop_flip
+from ..early_stopping import EarlyStopping
+from ..fitting import Loop, fit
+from ..masks import by_kernels
+from ..models import get_model
+from ..penalties import l2_penalty
+from ..sweeps import sweep
+from ..training import Trainer
+from ..transforms import clip_by_global_norm, decoupled_weight_decay, keep_max_norm
+from .configs import SWEEPABLE, Regularization
+
+#: the model each dataset uses unless ``model`` is given.
+DEFAULT_MODEL = {
+    "digits": "cnn",
+    "mnist": "cnn",
+    "fashion_mnist": "cnn",
+    "kmnist": "cnn",
+    "cifar10": "resnet",
+    "cifar100": "resnet",
+    "mnist1d": "cnn1d",
+}
+NATURAL_IMAGES = ("cifar10", "cifar100")  # horizontal flips keep the label
+ALWAYS_BATCHNORM = ("resnet",)  # its BatchNorm is part of the architecture
+
+
+@dataclasses.dataclass
+class Data:
+    """Device-resident float32 splits of one dataset."""
+
+    name: str
+    train: tuple[jax.Array, jax.Array]
+    val: tuple[jax.Array, jax.Array]
+    test: tuple[jax.Array, jax.Array]
+    num_classes: int
+
+    @property
+    def is_image(self) -> bool:
+        return self.train[0].ndim == 4
+
+
+def prepare(
+    dataset: str,
+    *,
+    data_dir: str | None = None,
+    seed: int = 0,
+    train_size: int | None = None,
+    val_fraction: float = 0.2,
+    loader: Callable[..., data_lib.Dataset] = data_lib.load,
+) -> Data:
+    """Load ``dataset``, scale images to [0, 1], standardize signals, split off validation.
+
+    The validation set is a seeded ``val_fraction`` of the training split
+    (rounded to a multiple of 500 above 2,500 examples, so evaluation batches
+    divide it); ``train_size`` then keeps a seeded random subset of the rest
+    for training (a small training set overfits sooner).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    ds = loader(dataset, data_dir=data_dir)
+    (x, y), (xt, yt) = ds.train, ds.test
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_val = max(1, round(val_fraction * len(perm)))
+    if n_val > 2500:
+        n_val -= n_val % 500
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if train_size is not None:
+        if not 1 < train_size <= len(train_idx):
+            raise ValueError(
+                f"train_size must lie in [2, {len(train_idx)}] for {dataset} "
+                f"(the training split minus validation), got {train_size}"
+            )
+        train_idx = train_idx[:train_size]
+    if x.dtype == np.uint8:
+        scale = lambda a: jnp.asarray(a, jnp.float32) / 255.0
+    else:
+        mean, std = float(x[train_idx].mean()), float(x[train_idx].std()) or 1.0
+        scale = lambda a: (jnp.asarray(a, jnp.float32) - mean) / std
+    put = lambda xs, ys: (scale(xs), jnp.asarray(ys, jnp.int32))
+    return Data(
+        name=ds.name,
+        train=put(x[train_idx], y[train_idx]),
+        val=put(x[val_idx], y[val_idx]),
+        test=put(xt, yt),
+        num_classes=ds.num_classes,
+    )
+
+
+def _augment(data: Data, strength: float) -> Callable:
+    """The trainer's augment callable: translations (and flips for natural images)."""
+    if data.is_image:
+        size = data.train[0].shape[1]
+        pad = max(1, round(strength * size / 8))
+        if data.name in NATURAL_IMAGES:
+            op = lambda k, x: random_crop_flip(k, x, padding=pad, mode="reflect")
+        else:
+            op = lambda k, x: random_crop(k, x, padding=pad, mode="constant")
+    else:
+        length = data.train[0].shape[1]
+        shift = max(1, round(strength * length / 10))
+
+        def op(key, x):  # per-example shift of a (N, L, C) signal, edges repeated
+            s = jax.random.randint(key, (x.shape[0], 1), -shift, shift + 1)
+            idx = jnp.clip(jnp.arange(length)[None, :] + s, 0, length - 1)
+            return jnp.take_along_axis(x, idx[..., None], axis=1)
+
+    def augment(key, images, labels, hparams):
+        del hparams
+        return op(key, images), labels
+
+    return augment
+
+
+def build(
+    reg: Regularization,
+    model: str,
+    data: Data,
+    *,
+    learning_rate: float = 1e-3,
+    model_fields: dict[str, Any] | None = None,
+) -> tuple[Trainer, dict[str, float], EarlyStopping | None]:
+    """The trainer, its hyperparameters and early stopping for one config.
+
+    Every numeric regularizer that is on is a traced hyperparameter of the
+    trainer (``hparams[name]``), so :func:`run_sweep` can vary it per member.
+    The ResNet always has BatchNorm (the ``batchnorm`` switch does not change it).
+    """
+    on = reg.active()
+    hp = {k: float(v) for k, v in on.items() if k in SWEEPABLE}
+    fields = dict(model_fields or {})
+    kernels = by_kernels()
+
+    def make_model(h):
+        rate = h["dropout"] if "dropout" in h else 0.0
+        if model not in ALWAYS_BATCHNORM:
+            fields["batch_norm"] = reg.batchnorm
+        return get_model(model, num_classes=data.num_classes, dropout=rate, **fields)
+
+    def make_optimizer(h):
+        parts = []
+        if "clipping" in h:
+            parts.append(clip_by_global_norm(h["clipping"]))
+        if "weight_decay" in h:
+            parts.append(
+                decoupled_weight_decay(
+                    optax.adam(learning_rate), h["weight_decay"], learning_rate, mask=kernels
+                )
+            )
+        else:
+            parts.append(optax.adam(learning_rate))
+        if "max_norm" in h:
+            parts.append(keep_max_norm(h["max_norm"], mask=kernels))
+        return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+    penalties = {}
+    if "l2" in hp:
+        penalties["l2"] = lambda p: l2_penalty(p, mask=kernels)
+    trainer = Trainer(
+        model=make_model,
+        optimizer=make_optimizer,
+        penalties=penalties,
+        augment=_augment(data, on["augmentation"]) if "augmentation" in on else None,
+        ema_decay=on.get("ema"),
+    )
+    es = None
+    if "early_stopping" in on:
+        es = EarlyStopping("val_loss", patience=on["early_stopping"], restore_best_weights=True)
+    return trainer, hp, es
+
+
+def _eval_batches(n: int) -> int:
+    return n if n <= 2500 else 500
+
+
+def evaluate(trainer: Trainer, state, x: jax.Array, y: jax.Array, *, ema: bool = False) -> dict:
+    """``{"loss", "accuracy"}`` over all of ``(x, y)`` (the tail batch included)."""
+    cache = trainer.__dict__.setdefault("_experiment_eval", {})
+    if (x.shape, ema) not in cache:
+        cache[(x.shape, ema)] = jax.jit(_evaluator(trainer, x.shape[0], ema))
+    return {k: float(v) for k, v in cache[(x.shape, ema)](state, x, y).items()}
+
+
+def _evaluator(trainer: Trainer, total: int, ema: bool) -> Callable:
+    bs = _eval_batches(total)
+    n = (total // bs) * bs
+
+    def run(state, x, y):
+        shape = (n // bs, bs)
+        sums = trainer.evaluate_fn(
+            state, (x[:n].reshape(shape + x.shape[1:]), y[:n].reshape(shape)), ema=ema
+        )
+        loss, correct = sums["loss"] * n, sums["accuracy"] * n
+        if n < x.shape[0]:
+            tail = trainer.eval_fn(state, (x[n:], y[n:]), ema=ema)
+            loss, correct = loss + tail["loss_sum"], correct + tail["correct"]
+        return {"loss": loss / total, "accuracy": correct / total}
+
+    return run
+
+
+def _final(trainer: Trainer, state, data: Data, ema: bool) -> dict[str, float]:
+    out = {}
+    for split in ("train", "val", "test"):
+        m = evaluate(trainer, state, *getattr(data, split), ema=ema)
+        out[f"{split}_acc"], out[f"{split}_loss"] = m["accuracy"], m["loss"]
+    out["gap"] = out["train_acc"] - out["test_acc"]
+    return out
+
+
+def run_config(
+    reg: Regularization,
+    data: Data,
+    *,
+    model: str,
+    epochs: int,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    loop: Loop | str = "auto",
+    repeats: int = 1,
+    mode: str = "auto",
+    model_fields: dict[str, Any] | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one config with :func:`jaxreg.fit` and evaluate it (eval mode) on all splits.
+
+    Returns a JSON-ready dict: ``config``, the regularizers, final ``train_acc``,
+    ``val_acc``, ``test_acc`` (and losses), ``gap`` (train minus test accuracy),
+    ``best_epoch`` (best ``val_loss`` under early stopping, else best
+    ``val_accuracy``), ``epochs_run``, ``stopped_epoch``, ``seconds`` (wall time
+    of the run, compilation included) and the per-epoch ``history``.
+
+    With ``repeats > 1`` the config trains ``repeats`` times with different
+    initialisation, dropout and data-order keys (``seed`` members of one
+    :func:`jaxreg.sweep`, ``mode`` as there) on the same data; the figures are
+    means over the repeats, with ``<name>_std`` beside them, ``repeats`` holding
+    each repeat's row and ``history`` the per-epoch means.
+    """
+    if repeats > 1:
+        return _repeated(
+            reg, data, model=model, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed, loop=loop, repeats=repeats, mode=mode,
+            model_fields=model_fields, callback=callback,
+        )  # fmt: skip
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    t0 = time.perf_counter()
+    trainer, hp, es = build(
+        reg, model, data, learning_rate=learning_rate, model_fields=model_fields
+    )
+    state = trainer.init(jax.random.key(seed), data.train[0][:batch_size], hp)
+    state, history, es_state, _ = fit(
+        trainer,
+        state,
+        data.train,
+        data.val,
+        epochs=epochs,
+        batch_size=batch_size,
+        early_stopping=es,
+        loop=loop,
+        eval_batch_size=_eval_batches(data.val[0].shape[0]),
+        callback=callback,
+    )
+    ema = reg.ema is not None
+    final = _final(trainer, state, data, ema)
+    seconds = time.perf_counter() - t0
+    if es_state is not None:
+        best = int(es_state.best_step)
+    else:
+        best = int(np.argmax(history.series("val_accuracy")))
+    keep = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+    return {
+        "config": reg.name,
+        "regularizers": reg.active(),
+        **final,
+        "best_epoch": best,
+        "epochs_run": len(history.epochs),
+        "stopped_epoch": history.stopped_epoch,
+        "seconds": seconds,
+        "loop": history.loop,
+        "history": [{k: e[k] for k in keep if k in e} for e in history.epochs],
+    }
+
+
+SUMMARIZED = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "gap")
+
+
+def _repeated(reg, data, *, repeats, callback, **kwargs) -> dict[str, Any]:
+    def mean_callback(epoch, metrics):
+        callback(epoch, {k: float(np.mean(v)) for k, v in metrics.items()})
+
+    r = run_sweep(
+        reg, "seed", list(range(repeats)), data,
+        callback=None if callback is None else mean_callback, **kwargs,
+    )  # fmt: skip
+    rows = r["members"]
+    out: dict[str, Any] = {"config": reg.name, "regularizers": reg.active()}
+    for key in SUMMARIZED:
+        vals = np.asarray([row[key] for row in rows])
+        out[key], out[f"{key}_std"] = float(vals.mean()), float(vals.std(ddof=1))
+    hist = {k: np.asarray(v).mean(axis=1) for k, v in r["history"].items()}
+    stopped = [row["stopped_epoch"] for row in rows]
+    out.update(
+        best_epoch=round(float(np.mean([row["best_epoch"] for row in rows]))),
+        epochs_run=len(hist["loss"]),
+        stopped_epoch=None if max(stopped) < 0 else stopped,
+        seconds=r["seconds"],
+        loop=f"{r['mode']}, {r['loop']}",
+        repeats=rows,
+        history=[{k: float(v[i]) for k, v in hist.items()} for i in range(len(hist["loss"]))],
+    )
+    return out
+
+
+def run_sweep(
+    reg: Regularization,
+    param: str,
+    values: Sequence[float],
+    data: Data,
+    *,
+    model: str,
+    epochs: int,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    mode: str = "auto",
+    loop: Loop | str = "auto",
+    model_fields: dict[str, Any] | None = None,
+    callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one member per value of ``param`` (on top of ``reg``) as one :func:`jaxreg.sweep`.
+
+    Returns a JSON-ready dict with one row per member (the value, final train /
+    val / test accuracy in eval mode, gap, best epoch, stopped epoch) and the
+    per-epoch metrics of every member.
+    """
+    if param not in SWEEPABLE:
+        raise ValueError(f"cannot sweep {param!r}; sweepable: {', '.join(SWEEPABLE)}")
+    values = [float(v) for v in values]
+    if len(values) < 1:
+        raise ValueError("a sweep needs at least one value")
+    if param == "seed":
+        if any(v != int(v) or v < 0 for v in values):
+            raise ValueError(f"seed values must be non-negative ints, got {values}")
+    else:
+        reg = dataclasses.replace(reg, **{param: values[0]})
+    t0 = time.perf_counter()
+    trainer, hp, es = build(
+        reg, model, data, learning_rate=learning_rate, model_fields=model_fields
+    )
+    members = {k: [v] * len(values) for k, v in hp.items()}
+    members[param] = values
+    result = sweep(
+        trainer,
+        members,
+        data.train,
+        data.val,
+        key=jax.random.key(seed),
+        epochs=epochs,
+        batch_size=batch_size,
+        early_stopping=es,
+        mode=mode,
+        loop=loop,
+        eval_batch_size=_eval_batches(data.val[0].shape[0]),
+        callback=callback,
+    )
+    ema = reg.ema is not None
+    rows = []
+    for i, value in enumerate(values):
+        member = jax.tree.map(lambda a, i=i: a[i], result.state)
+        rows.append(
+            {
+                param: value,
+                **_final(trainer, member, data, ema),
+                "best_epoch": int(result.best_epoch[i]),
+                "stopped_epoch": int(result.stopped_epoch[i]),
+            }
+        )
+    keep = ("loss", "accuracy", "val_loss", "val_accuracy")
+    return {
+        "param": param,
+        "base_config": reg.name,
+        "members": rows,
+        "mode": result.mode,
+        "loop": result.loop,
+        "seconds": time.perf_counter() - t0,
+        "history": {k: result.metrics[k].tolist() for k in keep if k in result.metrics},
+    }

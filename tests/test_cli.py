@@ -1,0 +1,130 @@
+"""The ``jaxreg`` console script: compare, sweep, their files and their one-line errors."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxreg import cli
+
+pytest.importorskip("sklearn")  # the default dataset, digits, ships with scikit-learn
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+TINY = ["--epochs", "2", "--train-size", "200", "--batch-size", "25", "--loop", "python"]
+TINY += ["--model", "mlp"]
+
+
+def test_compare_prints_table_and_writes_json_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--configs", "none", "dropout=0.5+l2", "--repeats", "1", "--out", str(out)]
+    argv += TINY
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| none |" in captured.out and "| dropout=0.5+l2 |" in captured.out
+    assert "[1/2] none" in captured.err and "[2/2] dropout=0.5+l2" in captured.err  # progress
+    record = json.loads((out / "results.json").read_text())
+    assert record["command"] == "compare" and record["argv"] == argv
+    assert record["settings"]["dataset"] == "digits" and record["settings"]["model"] == "mlp"
+    assert [r["config"] for r in record["results"]] == ["none", "dropout=0.5+l2"]
+    for r in record["results"]:
+        assert r["epochs_run"] == 2 and len(r["history"]) == 2
+        assert r["gap"] == pytest.approx(r["train_acc"] - r["test_acc"])
+        assert r["test_acc"] > 0.3  # chance is 0.1
+    assert record["results"][1]["regularizers"] == {"l2": 1e-3, "dropout": 0.5}
+    md = (out / "report.md").read_text()
+    assert "| config | train acc |" in md and "jaxreg compare --configs none" in md
+    if HAVE_MPL:
+        for name in ("accuracy.png", "loss.png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({name})" in md
+
+
+def test_sweep_is_one_program_with_a_curve(tmp_path, capsys):
+    out = tmp_path / "sw"
+    argv = ["sweep", "--param", "dropout", "--values", "0", "0.3", "0.6", "--mode", "sequential"]
+    assert cli.main([*argv, "--out", str(out), "--no-progress", *TINY]) == 0
+    captured = capsys.readouterr()
+    assert "| dropout |" in captured.out and captured.err == ""  # --no-progress: no bar
+    record = json.loads((out / "results.json").read_text())
+    result = record["results"]
+    assert result["param"] == "dropout" and result["mode"] == "sequential"
+    assert [m["dropout"] for m in result["members"]] == [0.0, 0.3, 0.6]
+    assert len(result["history"]["val_accuracy"]) == 2  # epochs x members
+    assert all(len(row) == 3 for row in result["history"]["val_accuracy"])
+    if HAVE_MPL:
+        assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_defaults_per_dataset_fill_the_flags_left_out():
+    args = cli.make_parser().parse_args(["compare"])
+    assert cli._check(args) == ("cnn", 80)  # digits: the small CNN on 100 training images
+    assert (args.batch_size, args.train_size, args.repeats) == (16, 100, 3)
+    assert (args.loop, args.mode) == ("python", "vmap")
+    args = cli.make_parser().parse_args(["sweep", "--dataset", "mnist1d", "--param", "dropout",
+                                         "--values", "0", "--epochs", "3"])  # fmt: skip
+    assert cli._check(args) == ("cnn1d", 3) and args.batch_size == 100
+    assert (args.loop, args.mode) == ("auto", "auto")
+    args = cli.make_parser().parse_args(["compare", "--dataset", "cifar10", "--batch-size", "64"])
+    assert cli._check(args) == ("resnet", 20) and args.batch_size == 64
+    assert args.configs == list(cli.configs.DEFAULT_CONFIGS)
+
+
+def _corrupt_mnist(tmp_path: Path) -> Path:
+    d = tmp_path / "mnist"
+    d.mkdir()
+    payload = gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (d / f"{name}.gz").write_bytes(payload[: len(payload) // 2])  # truncated
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (d / f"{name}.gz").write_bytes(payload)
+    return d
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["compare", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["compare", "--configs", "none", "dropuot"], "unknown config 'dropuot'"),
+        (["compare", "--model", "vgg"], "unknown model 'vgg'"),
+        (["compare", "--model", "cnn1d"], "model 'cnn1d' does not fit dataset 'digits'"),
+        (["compare", "--epochs", "0"], "--epochs, --batch-size and --repeats must be >= 1"),
+        (["compare", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        (["compare", "--loop", "fast"], "--loop must be auto, python or scan:K"),
+        (["sweep", "--param", "batchnorm", "--values", "1"], "cannot sweep 'batchnorm'"),
+        (["sweep", "--values", "1"], "the following arguments are required: --param"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["compare", "--dataset", "mnist", "--data-dir", "MISSING"], "does not exist"),
+        (["compare", "--dataset", "mnist", "--data-dir", "CORRUPT"], "corrupt or truncated"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, needle, tmp_path, capsys):
+    args = [
+        str(tmp_path / "nowhere") if a == "MISSING" else str(_corrupt_mnist(tmp_path))
+        if a == "CORRUPT" else a
+        for a in args
+    ]  # fmt: skip
+    assert cli.main([*args, "--out", str(tmp_path / "out")] if len(args) > 1 else args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxreg: error: "), captured.err
+    assert needle in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing written on error
+
+
+def test_python_dash_m_runs_the_script():
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxreg", "compare", "--dataset", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "jaxreg: error: unknown dataset 'nope'; known: " + ", ".join(cli.DATASETS)
+    )

@@ -1,0 +1,206 @@
+"""The experiment configs, runner and reports behind ``jaxreg compare`` / ``jaxreg sweep``."""
+
+from __future__ import annotations
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxreg import data as data_lib
+from jaxreg.experiments import configs, report, runner
+from jaxreg.experiments.configs import Regularization, parse_config
+
+
+def test_parse_config_names_values_and_all():
+    assert parse_config("none").active() == {}
+    r = parse_config("dropout=0.5+batchnorm")
+    assert r.name == "dropout=0.5+batchnorm"
+    assert r.active() == {"dropout": 0.5, "batchnorm": True}
+    assert parse_config("l2").l2 == configs.DEFAULTS["l2"]
+    every = parse_config("all")
+    assert set(every.active()) == set(configs.ALL)
+    # a value given before or after "all" wins over the default
+    assert parse_config("all+l2=1e-4").l2 == 1e-4
+    assert parse_config("l2=1e-4+all").l2 == 1e-4
+    assert parse_config("early-stopping=3").early_stopping == 3
+    assert parse_config("label_smoothing").label_smoothing == 0.1
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("dropuot", r"unknown config 'dropuot'.*known: none, all, l2"),
+        ("dropout=abc", "not a number"),
+        ("dropout=1.5", r"dropout must lie in \[0, 1\)"),
+        ("l2=-1", "must be >= 0"),
+        ("batchnorm=1", "takes no value"),
+        ("early_stopping=2.5", "patience must be an int"),
+        ("", "non-empty"),
+    ],
+)
+def test_parse_config_errors_name_the_problem(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_config(spec)
+
+
+def _fake_loader(n_train=230, n_test=57, shape=(8, 8, 1), name="fake"):
+    rng = np.random.default_rng(0)
+
+    def load(dataset, data_dir=None):
+        del dataset, data_dir
+        x = rng.integers(0, 256, (n_train, *shape), dtype=np.uint8)
+        xt = rng.integers(0, 256, (n_test, *shape), dtype=np.uint8)
+        y = np.arange(n_train, dtype=np.int32) % 10
+        yt = np.arange(n_test, dtype=np.int32) % 10
+        return data_lib.Dataset(name, (x, y), (xt, yt), 10)
+
+    return load
+
+
+def test_prepare_splits_are_disjoint_seeded_and_scaled():
+    raw = _fake_loader()("fake")
+    d = runner.prepare("fake", loader=_fake_loader(), seed=3, val_fraction=0.2, train_size=100)
+    assert d.val[0].shape == (46, 8, 8, 1) and d.train[0].shape == (100, 8, 8, 1)
+    assert d.test[0].shape == (57, 8, 8, 1) and d.is_image
+    assert d.train[0].dtype == jnp.float32 and float(d.train[0].max()) <= 1.0
+    # the rows come from the raw training split, with no example in both train and val
+    rows = {r.tobytes(): i for i, r in enumerate(raw.train[0])}
+    tr = {rows[np.asarray(np.rint(a * 255), np.uint8).tobytes()] for a in np.asarray(d.train[0])}
+    va = {rows[np.asarray(np.rint(a * 255), np.uint8).tobytes()] for a in np.asarray(d.val[0])}
+    assert len(tr) == 100 and len(va) == 46 and not tr & va
+    again = runner.prepare("fake", loader=_fake_loader(), seed=3, val_fraction=0.2, train_size=100)
+    np.testing.assert_array_equal(d.train[1], again.train[1])
+    with pytest.raises(ValueError, match=r"train_size must lie in \[2, 184\]"):
+        runner.prepare("fake", loader=_fake_loader(), train_size=500)
+    with pytest.raises(ValueError, match="val_fraction"):
+        runner.prepare("fake", loader=_fake_loader(), val_fraction=1.0)
+
+
+def test_prepare_standardizes_signals():
+    def load(dataset, data_dir=None):
+        rng = np.random.default_rng(1)
+        x = rng.normal(3.0, 2.0, (100, 40, 1)).astype(np.float32)
+        y = np.arange(100, dtype=np.int32) % 10
+        return data_lib.Dataset("sig", (x, y), (x[:10], y[:10]), 10)
+
+    d = runner.prepare("sig", loader=load)
+    assert not d.is_image
+    assert abs(float(d.train[0].mean())) < 1e-5 and abs(float(d.train[0].std()) - 1) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def digits():
+    pytest.importorskip("sklearn")
+    return runner.prepare("digits", seed=0, train_size=256)
+
+
+def test_evaluate_counts_the_tail_batch(digits):
+    trainer, hp, _ = runner.build(parse_config("none"), "mlp", digits)
+    state = trainer.init(jax.random.key(0), digits.train[0][:8], hp)
+    x, y = digits.test  # 359 examples: no batch of 500 divides them
+    got = runner.evaluate(trainer, state, x, y)
+    logits = trainer.module(state.hparams).apply({"params": state.params}, x, train=False)
+    want = float(jnp.mean(jnp.argmax(logits, -1) == y))
+    assert got["accuracy"] == pytest.approx(want, abs=1e-6)
+    big = jnp.concatenate([x] * 8), jnp.concatenate([y] * 8)  # 2872: batches of 500 + a tail
+    assert runner.evaluate(trainer, state, *big)["accuracy"] == pytest.approx(want, abs=1e-6)
+
+
+def test_build_turns_each_regularizer_on(digits):
+    reg = parse_config("l2+dropout=0.4+batchnorm+label_smoothing+max_norm=0.5+clipping+ema")
+    trainer, hp, es = runner.build(reg, "mlp", digits)
+    assert hp == {
+        "l2": 1e-3,
+        "dropout": 0.4,
+        "label_smoothing": 0.1,
+        "max_norm": 0.5,
+        "clipping": 1.0,
+    }
+    assert set(trainer.penalties) == {"l2"} and trainer.ema_decay == 0.99 and es is None
+    state = trainer.init(jax.random.key(0), digits.train[0][:32], hp)
+    assert state.batch_stats  # BatchNorm is in the model
+    batch = digits.train[0][:32], digits.train[1][:32]
+    state, metrics = trainer.train_step(state, batch)
+    assert float(metrics["penalty/l2"]) > 0 and "clipped" in metrics
+    # max-norm keeps every output unit's incoming weights within 0.5
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+        if "kernel" in jax.tree_util.keystr(path):
+            assert float(jnp.linalg.norm(leaf, axis=0).max()) <= 0.5 + 1e-5
+    _, _, es = runner.build(parse_config("early_stopping=2"), "mlp", digits)
+    assert es.patience == 2 and es.restore_best_weights and es.monitor == "val_loss"
+
+
+def test_augmentation_shifts_signals_and_images():
+    sig = runner.Data("s", (jnp.arange(40.0).reshape(1, 40, 1),) * 2, None, None, 10)
+    aug = runner._augment(sig, 1.0)
+    out, _ = aug(jax.random.key(1), jnp.tile(sig.train[0], (64, 1, 1)), jnp.zeros(64), {})
+    shifts = np.asarray(out[:, 20, 0] - 20.0)
+    assert set(shifts) <= set(range(-4, 5)) and len(set(shifts)) > 3  # shifts of up to 40/10
+    img = runner.Data("digits", (jnp.ones((8, 8, 8, 1)),) * 2, None, None, 10)
+    out, _ = runner._augment(img, 1.0)(jax.random.key(2), img.train[0], jnp.zeros(8), {})
+    assert out.shape == img.train[0].shape and float(out.min()) == 0.0  # zero-padded shifts
+
+
+def test_run_config_records_a_consistent_result(digits):
+    reg = parse_config("early_stopping=1")
+    r = runner.run_config(reg, digits, model="mlp", epochs=6, batch_size=64, loop=runner.Loop(1, 1))
+    assert r["config"] == "early_stopping=1" and r["regularizers"] == {"early_stopping": 1}
+    assert r["gap"] == pytest.approx(r["train_acc"] - r["test_acc"])
+    assert r["epochs_run"] == len(r["history"]) <= 6
+    assert 0 <= r["best_epoch"] < r["epochs_run"]
+    if r["stopped_epoch"] is not None:
+        assert r["stopped_epoch"] == r["epochs_run"] - 1
+    assert r["test_acc"] > 0.5  # chance is 0.1
+    losses = [h["val_loss"] for h in r["history"]]
+    assert r["best_epoch"] == int(np.argmin(losses))
+
+
+def test_run_sweep_members_and_bad_param(digits):
+    r = runner.run_sweep(
+        parse_config("batchnorm"), "dropout", [0.0, 0.5], digits,
+        model="mlp", epochs=2, batch_size=64, mode="sequential", loop=runner.Loop(1, 1),
+    )  # fmt: skip
+    assert [m["dropout"] for m in r["members"]] == [0.0, 0.5]
+    assert r["mode"] == "sequential" and len(r["history"]["val_accuracy"]) == 2
+    for m in r["members"]:
+        assert m["gap"] == pytest.approx(m["train_acc"] - m["test_acc"])
+        assert m["test_acc"] > 0.3
+    with pytest.raises(ValueError, match="cannot sweep 'batchnorm'"):
+        runner.run_sweep(Regularization(), "batchnorm", [0, 1], digits, model="mlp", epochs=1)
+
+
+def test_progress_bar_redraws_on_a_terminal_and_prints_once_otherwise():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    plain, tty = io.StringIO(), Tty()
+    for stream in (plain, tty):
+        bar = report.Progress(4, "cfg", stream=stream, width=8)
+        for i in range(4):
+            bar.update(i + 1, f"loss {i}")
+        bar.close("done")
+    assert plain.getvalue().count("\n") == 1 and "\r" not in plain.getvalue()
+    assert "[########] 4/4 done" in plain.getvalue()
+    assert tty.getvalue().count("\r") == 6 and "[##......] 1/4 loss 0" in tty.getvalue()
+
+
+def test_run_config_repeats_are_seed_members_summarized(digits):
+    r = runner.run_config(
+        parse_config("dropout"), digits, model="mlp", epochs=2, batch_size=64,
+        loop=runner.Loop(1, 1), repeats=3, mode="vmap",
+    )  # fmt: skip
+    rows = r["repeats"]
+    assert [row["seed"] for row in rows] == [0.0, 1.0, 2.0]
+    assert len({row["test_acc"] for row in rows}) > 1  # different keys, different runs
+    for key in runner.SUMMARIZED:
+        vals = [row[key] for row in rows]
+        assert r[key] == pytest.approx(np.mean(vals))
+        assert r[f"{key}_std"] == pytest.approx(np.std(vals, ddof=1))
+    assert len(r["history"]) == r["epochs_run"] == 2 and r["stopped_epoch"] is None
+    assert "±" in report.compare_table([r])
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        runner.run_config(parse_config("none"), digits, model="mlp", epochs=1, repeats=0)

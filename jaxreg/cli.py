@@ -30,19 +30,19 @@ DATASET_DEFAULTS = {
         "batch_size": 16,
         "train_size": 100,
         "repeats": 3,
-        "loop": "python",  # tiny steps: measuring loops would cost more compile than it saves
         "mode": "vmap",
     },
-    "mnist1d": {"model": "cnn1d", "epochs": 30, "batch_size": 100},
+    "mnist1d": {"model": "cnn1d", "epochs": 40, "batch_size": 100, "lr": 1e-2},
     "cifar10": {"epochs": 20},
     "cifar100": {"epochs": 20},
 }
 FALLBACK = {
+    "lr": 1e-3,
     "epochs": 10,
     "batch_size": 128,
     "train_size": None,
     "repeats": 1,
-    "loop": "auto",
+    "loop": "python",  # "auto" also times a rolled scan, which is slow for conv nets on CPU
     "mode": "auto",
 }
 SIGNAL_MODELS = ("cnn1d", "mlp1d")
@@ -65,7 +65,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default per dataset)")
     p.add_argument("--batch-size", type=int, default=None, help="(default per dataset)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate (default per dataset)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--train-size",
@@ -125,7 +127,7 @@ def _check(args) -> tuple[str, int]:
     if args.dataset not in DATASETS:
         raise UsageError(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
     defaults = {**FALLBACK, **DATASET_DEFAULTS.get(args.dataset, {})}
-    for name in ("epochs", "batch_size", "train_size", "repeats", "loop", "mode"):
+    for name in ("lr", "epochs", "batch_size", "train_size", "repeats", "loop", "mode"):
         if getattr(args, name, 0) is None:
             setattr(args, name, defaults[name])
     model = args.model or defaults.get("model") or runner.DEFAULT_MODEL[args.dataset]

@@ -68,8 +68,8 @@ def test_defaults_per_dataset_fill_the_flags_left_out():
     assert (args.loop, args.mode) == ("python", "vmap")
     args = cli.make_parser().parse_args(["sweep", "--dataset", "mnist1d", "--param", "dropout",
                                          "--values", "0", "--epochs", "3"])  # fmt: skip
-    assert cli._check(args) == ("cnn1d", 3) and args.batch_size == 100
-    assert (args.loop, args.mode) == ("auto", "auto")
+    assert cli._check(args) == ("cnn1d", 3) and (args.batch_size, args.lr) == (100, 1e-2)
+    assert (args.loop, args.mode) == ("python", "auto")
     args = cli.make_parser().parse_args(["compare", "--dataset", "cifar10", "--batch-size", "64"])
     assert cli._check(args) == ("resnet", 20) and args.batch_size == 64
     assert args.configs == list(cli.configs.DEFAULT_CONFIGS)

@@ -149,10 +149,17 @@ def _progress(args, total: int, label: str):
     return report.Progress(total, label)
 
 
-def _compare(args, argv) -> dict:
-    model, epochs = _check(args)
-    regs = [configs.parse_config(c) for c in args.configs]  # all errors before any training
-    loop = _loop(args.loop)
+def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
+    """The prepared data and the keyword arguments every run of the command shares."""
+    run = {
+        "model": model,
+        "epochs": epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "seed": args.seed,
+        "loop": _loop(args.loop),
+        "mode": args.mode,
+    }
     data = runner.prepare(
         args.dataset,
         data_dir=args.data_dir,
@@ -160,6 +167,13 @@ def _compare(args, argv) -> dict:
         train_size=args.train_size,
         val_fraction=args.val_fraction,
     )
+    return data, run
+
+
+def _compare(args, argv) -> dict:
+    model, epochs = _check(args)
+    regs = [configs.parse_config(c) for c in args.configs]  # all errors before any training
+    data, run = _setup(args, model, epochs)
     results = []
     for i, reg in enumerate(regs):
         bar = _progress(args, epochs, f"[{i + 1}/{len(regs)}] {reg.name:<16}")
@@ -168,19 +182,7 @@ def _compare(args, argv) -> dict:
             if bar is not None:
                 bar.update(epoch + 1, f"loss {m['loss']:.3f} val_acc {m['val_accuracy']:.4f}")
 
-        r = runner.run_config(
-            reg,
-            data,
-            model=model,
-            epochs=epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            seed=args.seed,
-            loop=loop,
-            repeats=args.repeats,
-            mode=args.mode,
-            callback=show,
-        )
+        r = runner.run_config(reg, data, repeats=args.repeats, callback=show, **run)
         if bar is not None:
             bar.close(f"test_acc {r['test_acc']:.4f} gap {r['gap']:+.4f}")
         results.append(r)
@@ -193,34 +195,14 @@ def _sweep(args, argv) -> dict:
     if args.param not in configs.SWEEPABLE:
         raise UsageError(f"cannot sweep {args.param!r}; sweepable: {', '.join(configs.SWEEPABLE)}")
     reg = configs.parse_config(args.config)
-    loop = _loop(args.loop)
-    data = runner.prepare(
-        args.dataset,
-        data_dir=args.data_dir,
-        seed=args.seed,
-        train_size=args.train_size,
-        val_fraction=args.val_fraction,
-    )
+    data, run = _setup(args, model, epochs)
     bar = _progress(args, epochs, f"{args.param} sweep, {len(args.values)} members")
 
     def show(epoch, m):
         if bar is not None:
             bar.update(epoch + 1, f"best val_acc {float(m['val_accuracy'].max()):.4f}")
 
-    r = runner.run_sweep(
-        reg,
-        args.param,
-        args.values,
-        data,
-        model=model,
-        epochs=epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        seed=args.seed,
-        mode=args.mode,
-        loop=loop,
-        callback=show,
-    )
+    r = runner.run_sweep(reg, args.param, args.values, data, callback=show, **run)
     if bar is not None:
         bar.close(f"{r['mode']}, {r['seconds']:.0f}s")
     print(report.sweep_table(r))

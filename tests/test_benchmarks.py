@@ -94,3 +94,18 @@ def test_bench_train_smoke(capsys):
         "scan 2 steps, unroll 2",
     }
     assert cnn["chosen"] in cnn["ms_per_step"]
+
+
+def test_bench_models_smoke(capsys):
+    bench = _load("bench_models")
+    argv = ["--batch", "4", "--size", "8", "--channels", "2,4", "--repeats", "1", "--steps", "1"]
+    results = bench.main(argv)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == results and len(results) == 1
+    (r,) = results
+    assert r["jaxreg reshape max-pool ms"] > 0 and r["nn.max_pool ms"] > 0
+    ratio = r["nn.max_pool ms"] / r["jaxreg reshape max-pool ms"]
+    assert abs(r["speedup"] - ratio) < 0.05 * ratio
+    from jaxreg import models
+
+    assert models._max_pool2.__name__ == "_max_pool2"  # the patch was undone

@@ -90,6 +90,7 @@ import optax
 
 import jaxreg
 import jaxreg.fitting
+from jaxreg.experiments.report import cpu_model
 
 N_IN, N_OUT = 784, 10
 BATCH = 128
@@ -111,17 +112,6 @@ def _version(dist):
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _cpu_count():
@@ -407,7 +397,7 @@ def _machine():
         "device_kind": jax.devices()[0].device_kind,
         "device_count": jax.device_count(),
         "cpu_count": _cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "jax": jax.__version__,
         "jaxreg": _version("jaxreg"),
     }

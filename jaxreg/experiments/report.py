@@ -56,17 +56,22 @@ def sweep_table(result: dict[str, Any]) -> str:
     return _table(result["members"], columns)
 
 
-def machine() -> dict[str, Any]:
-    """Where the run happened (for the JSON record)."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
     try:
         with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """Where the run happened (for the JSON record)."""
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),

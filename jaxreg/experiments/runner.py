@@ -12,6 +12,7 @@ ready), written out by :mod:`jaxreg.experiments.report`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from ..masks import by_kernels
 from ..models import get_model
 from ..penalties import l2_penalty
 from ..sweeps import sweep
-from ..training import Trainer
+from ..training import Trainer, image_augment
 from ..transforms import clip_by_global_norm, decoupled_weight_decay, keep_max_norm
 from .configs import SWEEPABLE, Regularization
 
@@ -109,29 +110,27 @@ def prepare(
     )
 
 
+def random_shift_1d(key: jax.Array, x: jax.Array, *, max_shift: int) -> jax.Array:
+    """Shift every signal of ``x`` ``(N, L, C)`` by ``U{-max_shift..max_shift}`` steps,
+    repeating the edge values (the 1-D counterpart of a random crop)."""
+    length = x.shape[1]
+    s = jax.random.randint(key, (x.shape[0], 1), -max_shift, max_shift + 1)
+    idx = jnp.clip(jnp.arange(length)[None, :] + s, 0, length - 1)
+    return jnp.take_along_axis(x, idx[..., None], axis=1)
+
+
 def _augment(data: Data, strength: float) -> Callable:
     """The trainer's augment callable: translations (and flips for natural images)."""
     if data.is_image:
-        size = data.train[0].shape[1]
-        pad = max(1, round(strength * size / 8))
+        pad = max(1, round(strength * data.train[0].shape[1] / 8))
         if data.name in NATURAL_IMAGES:
-            op = lambda k, x: random_crop_flip(k, x, padding=pad, mode="reflect")
+            op = functools.partial(random_crop_flip, padding=pad, mode="reflect")
         else:
-            op = lambda k, x: random_crop(k, x, padding=pad, mode="constant")
+            op = functools.partial(random_crop, padding=pad, mode="constant")
     else:
-        length = data.train[0].shape[1]
-        shift = max(1, round(strength * length / 10))
-
-        def op(key, x):  # per-example shift of a (N, L, C) signal, edges repeated
-            s = jax.random.randint(key, (x.shape[0], 1), -shift, shift + 1)
-            idx = jnp.clip(jnp.arange(length)[None, :] + s, 0, length - 1)
-            return jnp.take_along_axis(x, idx[..., None], axis=1)
-
-    def augment(key, images, labels, hparams):
-        del hparams
-        return op(key, images), labels
-
-    return augment
+        shift = max(1, round(strength * data.train[0].shape[1] / 10))
+        op = functools.partial(random_shift_1d, max_shift=shift)
+    return image_augment(op)
 
 
 def build(

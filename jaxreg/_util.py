@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # A hyperparameter: a Python number, a schedule ``step -> value`` or an array
@@ -203,3 +204,27 @@ def safe_norm(sq: jax.Array) -> jax.Array:
     """``sqrt(sq)`` with gradient 0 (not NaN) where ``sq == 0``."""
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """``jax.device_put(tree, shardings)`` that also works across processes.
+
+    Under multi-process JAX a sharding that spans other hosts' devices is not
+    addressable here, and ``device_put`` refuses an array that lives on a local
+    device. Every process then holds the same value: each one builds its own
+    shards of the global array from its host copy. Typed PRNG keys go through
+    their key data.
+    """
+
+    def one(leaf, sharding):
+        if sharding.is_fully_addressable or (
+            isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+        ):
+            return jax.device_put(leaf, sharding)
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = one(jax.random.key_data(leaf), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)

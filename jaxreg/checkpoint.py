@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from jaxreg._util import put
+
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "all_steps",
@@ -345,7 +347,7 @@ def _restore_leaf(name: str, value: np.ndarray, target: Any, key_impl: str | Non
         restored = jnp.asarray(value, dtype=dtype)
     sharding = getattr(target, "sharding", None)
     if isinstance(target, jax.Array) or sharding is not None:
-        return jax.device_put(restored, sharding)
+        return put(restored, sharding)
     return restored
 
 

@@ -406,6 +406,8 @@ def fit(
             f"got {batch_size}."
         )
     trainer.check_batch_size(batch_size, "fit")
+    if trainer.mesh is not None:  # the data once on every device (every host)
+        train, val_b = trainer.replicate((train, val_b))
     if (early_stopping is not None or plateau is not None) and val is None:
         monitors = [r.monitor for r in (early_stopping, plateau) if r is not None]
         if any(m.startswith("val_") for m in monitors):

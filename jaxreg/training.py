@@ -25,12 +25,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxreg._util import path_str, tree_where
+from jaxreg._util import path_str, put, tree_where
 from jaxreg.losses import soft_target_cross_entropy, softmax_cross_entropy
 from jaxreg.transforms.clipping import global_norm
 
@@ -303,7 +304,7 @@ class Trainer:
         ``param_sharding`` assigns a partition spec."""
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, self.state_shardings(tree))
+        return put(tree, self.state_shardings(tree))
 
     def state_shardings(self, tree: Any) -> Any:
         """``NamedSharding`` for every leaf of ``tree`` (a state or any pytree).
@@ -330,17 +331,29 @@ class Trainer:
 
         return jax.tree_util.tree_map_with_path(place, tree)
 
-    def shard_batch(self, batch: Any) -> Any:
+    def shard_batch(self, batch: Any, *, process_local: bool = False) -> Any:
         """Place a batch with its leading axis split over ``data_axis``.
 
-        Raises a ``ValueError`` when the batch size is not divisible by the
-        number of devices on that axis. Without a mesh, ``jnp.asarray``.
+        By default every process passes the same global batch. With
+        ``process_local=True`` (multi-host input pipelines) each process passes
+        only its own rows and the global batch is their concatenation in
+        process order (``jax.make_array_from_process_local_data``).
+
+        Raises a ``ValueError`` when the global batch size is not divisible by
+        the number of devices on that axis. Without a mesh, ``jnp.asarray``.
         """
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, batch)
+        sharding = NamedSharding(self.mesh, P(self.data_axis))
+        rows = jax.process_count() if process_local else 1
         for leaf in jax.tree.leaves(batch):
-            self.check_batch_size(leaf.shape[0], "Trainer.shard_batch")
-        return jax.device_put(batch, NamedSharding(self.mesh, P(self.data_axis)))
+            self.check_batch_size(leaf.shape[0] * rows, "Trainer.shard_batch")
+        if process_local:
+            return jax.tree.map(
+                lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)),
+                batch,
+            )
+        return put(batch, jax.tree.map(lambda _: sharding, batch))
 
     def check_batch_size(self, batch_size: int, where: str = "Trainer") -> None:
         """Raise a ``ValueError`` unless ``batch_size`` splits evenly over ``data_axis``."""

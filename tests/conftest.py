@@ -70,3 +70,54 @@ def run_on_cpu_devices(script, devices=8, timeout=300):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert len(lines) == 1, proc.stdout[-3000:]
     return json.loads(lines[0].removeprefix("RESULT "))
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(script, processes=2, devices=2, timeout=300):
+    """Run ``script`` as ``processes`` JAX processes of ``devices`` CPU devices each.
+
+    Every child gets ``JAXREG_COORDINATOR``, ``JAXREG_NUM_PROCESSES`` and
+    ``JAXREG_PROCESS_ID`` for ``jax.distributed.initialize`` (CPU collectives
+    go through gloo over localhost) and must print one ``RESULT <json>`` line;
+    the parsed results are returned in process order.
+    """
+    env = dict(os.environ)
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAXREG_COORDINATOR"] = f"localhost:{_free_port()}"
+    env["JAXREG_NUM_PROCESSES"] = str(processes)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={**env, "JAXREG_PROCESS_ID": str(i)},
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout))
+    finally:
+        for p in procs:
+            p.kill()
+    results = []
+    for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}\n{err[-3000:]}"
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        assert len(lines) == 1, out[-3000:]
+        results.append(json.loads(lines[0].removeprefix("RESULT ")))
+    return results

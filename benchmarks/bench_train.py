@@ -40,8 +40,10 @@ trains ``--steps`` steps, blocks until done and returns the last loss):
 * ``jaxreg``: ``jaxreg.Trainer`` (the same model with ``jaxreg.nn.Dropout``, the L2
   term as a named penalty on ``by_kernels()``) run by the epoch runner ``fit``
   uses, its loop chosen by ``jaxreg.choose_loop``; it also logs per-step metrics
-  (loss parts, accuracy, grad/update/parameter norms) and guards non-finite
-  updates. ``jaxreg lean``: the same with ``log_norms=False``.
+  (loss parts, accuracy), guards non-finite updates and, with its default
+  ``log_norms="sampled"``, logs the grad/update/parameter norms of the last step
+  of each fused call. ``jaxreg norms every step``: ``log_norms=True``.
+  ``jaxreg lean``: ``log_norms=False``.
 
 Case 2, the sweep: K members (``--members``, dropout 0.1..0.5 and L2 1e-4..1e-2)
 for ``--sweep-steps`` steps each, with ``sweep``'s three modes (``vmap``, ``map``,
@@ -353,7 +355,7 @@ class JaxregMLP(nn.Module):
         return nn.Dense(N_OUT)(x)
 
 
-def _jaxreg_trainer(args, swept=False, log_norms=True):
+def _jaxreg_trainer(args, swept=False, log_norms="sampled"):
     def model(hp):
         return JaxregMLP(tuple(args.hidden), hp["dropout"] if swept else RATE)
 
@@ -372,7 +374,7 @@ def _with_shared_kernels(state, data):
     return state.replace(params=params, opt_state=optax.adam(LR, eps=ADAM_EPS).init(params))
 
 
-def make_jaxreg(data, args, log_norms=True, name="jaxreg"):
+def make_jaxreg(data, args, log_norms="sampled", name="jaxreg"):
     """jaxreg's engine: ``Trainer`` + the epoch runner ``fit`` uses, loop chosen by
     ``jaxreg.choose_loop`` (Python loop, scan, unrolled scan, measured on this state)."""
     trainer = _jaxreg_trainer(args, log_norms=log_norms)
@@ -427,13 +429,19 @@ CHOSEN: dict = {}
 
 
 def make_jaxreg_lean(data, args):
-    """The same without the per-step update and parameter norms (``log_norms=False``)."""
+    """The same without the norms (``log_norms=False``)."""
     return make_jaxreg(data, args, log_norms=False, name="jaxreg lean")
+
+
+def make_jaxreg_every(data, args):
+    """The same with the norms of every step (``log_norms=True``)."""
+    return make_jaxreg(data, args, log_norms=True, name="jaxreg norms every step")
 
 
 IMPLS = {
     "jaxreg": make_jaxreg,
     "jaxreg lean": make_jaxreg_lean,
+    "jaxreg norms every step": make_jaxreg_every,
     "flax+optax jit": make_flax_jit,
     "flax+optax jit donated": make_flax_jit_donated,
     "flax+optax scan": make_flax_scan,
@@ -473,7 +481,7 @@ def run_case(args, impls):
                 result[f"ratio_{name}_over_reference"] = round(t / med[REFERENCE], 3)
     result["reference"] = REFERENCE
     best_hand = min((t for n, t in med.items() if n.startswith("flax+optax")), default=None)
-    for mine in ("jaxreg", "jaxreg lean"):
+    for mine in ("jaxreg", "jaxreg lean", "jaxreg norms every step"):
         if mine in med and best_hand is not None:
             result[f"ratio_best_flax+optax_over_{mine}"] = round(best_hand / med[mine], 3)
         if mine in med and "torch eager" in med:

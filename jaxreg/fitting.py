@@ -18,6 +18,7 @@ state while the others train on (:func:`jaxreg.sweep`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -33,6 +34,10 @@ __all__ = ["MEMBER_MODES", "EpochRunner", "History", "Loop", "choose_loop", "fit
 
 
 MEMBER_MODES = ("vmap", "map", "sequential")
+# metrics that ``log_norms="sampled"`` logs once per fused call; their epoch mean
+# divides by the number of steps that logged them (summed under NORM_STEPS)
+NORMS = ("grad_norm", "update_norm", "param_norm")
+NORM_STEPS = "_norm_steps"
 
 
 class Loop(NamedTuple):
@@ -101,20 +106,31 @@ class EpochRunner:
     def _chunk(self, state, data, order, start, frozen, fuse, unroll):
         x, y = data
 
-        def body(st, row):
+        def body(st, row, log_norms=None):
             idx = order[row]
-            new, metrics = self.trainer.step_fn(st, (x[idx], y[idx]))
+            new, metrics = self.trainer.step_fn(st, (x[idx], y[idx]), log_norms=log_norms)
             if frozen is not None:  # a stopped sweep member keeps its state
                 new = tree_where(frozen, st, new)
             return new, metrics
 
         rows = start + jnp.arange(fuse)
+        sampled = self.trainer.log_norms == "sampled"
         if fuse == 1:
             state, metrics = body(state, rows[0])
             metrics = jax.tree.map(lambda m: m[None], metrics)
+        elif sampled:  # the norms on the last step only
+            lean = functools.partial(body, log_norms=False)
+            state, metrics = jax.lax.scan(lean, state, rows[:-1], unroll=min(unroll, fuse - 1))
+            state, last = body(state, rows[-1])
+            metrics = {
+                k: jnp.concatenate([metrics[k], v[None]]) if k in metrics else v[None]
+                for k, v in last.items()
+            }
         else:
             state, metrics = jax.lax.scan(body, state, rows, unroll=unroll)
         sums = jax.tree.map(lambda m: jnp.sum(m.astype(jnp.float32), axis=0), metrics)
+        if self.trainer.log_norms:
+            sums[NORM_STEPS] = jnp.float32(1 if sampled else fuse)
         return state, sums
 
     def _order(self, state):
@@ -122,7 +138,9 @@ class EpochRunner:
 
     def _end(self, state, es_state, pl_state, sums, val):
         steps = jnp.float32(self.steps_per_epoch)
-        metrics = {k: v / steps for k, v in sums.items()}
+        sums = dict(sums)
+        norm_steps = jnp.maximum(sums.pop(NORM_STEPS, steps), 1.0)  # 0: a skipped member
+        metrics = {k: v / (norm_steps if k in NORMS else steps) for k, v in sums.items()}
         metrics["skipped"] = sums["skipped"]
         if val is not None:
             v = self.trainer.evaluate_fn(state, val)

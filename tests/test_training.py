@@ -13,7 +13,7 @@ import pytest
 
 import jaxreg
 from jaxreg.checkpoint import restore_checkpoint, save_checkpoint
-from jaxreg.fitting import Loop, choose_loop, fit
+from jaxreg.fitting import EpochRunner, Loop, choose_loop, fit
 from jaxreg.sweeps import sweep
 from jaxreg.training import Trainer, image_augment
 from tests.conftest import assert_trees_close, run_on_cpu_devices
@@ -479,3 +479,47 @@ def test_sharded_step_equals_single_device_step():
     assert r["other_replicated"]
     assert r["fit_params"] < 1e-5, r
     assert "fit" in r["fit_error"] and "divisible" in r["fit_error"]
+
+
+def test_sampled_norms_are_the_last_step_of_each_fused_call():
+    """log_norms="sampled": a fused call of k steps logs the norms of its last step."""
+    every, sampled = _trainer(log_norms=True), _trainer()
+    assert sampled.log_norms == "sampled"
+    # reference: single steps in the epoch's order, norms logged on every one
+    runner = EpochRunner(every, X.shape[0], 16, Loop(1, 1))
+    state = every.init(jax.random.key(8), X[:16])
+    order = runner.order(state)
+    steps = []
+    for i in range(runner.steps_per_epoch):  # 6 steps
+        state, sums = runner.single(state, (X, Y), order, i, None)
+        steps.append({k: float(v) for k, v in sums.items()})
+    # sampled, 3 steps per call: two calls, norms of steps 3 and 6
+    got, hist, _, _ = fit(
+        sampled, sampled.init(jax.random.key(8), X[:16]), (X, Y), epochs=1, batch_size=16,
+        loop=Loop(3, 1),
+    )  # fmt: skip
+    epoch = hist.epochs[0]
+    for name in ("grad_norm", "update_norm", "param_norm"):
+        want = (steps[2][name] + steps[5][name]) / 2
+        assert epoch[name] == pytest.approx(want, rel=1e-5), name
+        assert want != pytest.approx(np.mean([s[name] for s in steps]), rel=1e-3)
+    assert epoch["loss"] == pytest.approx(np.mean([s["loss"] for s in steps]), rel=1e-5)
+    assert_trees_close(got.params, state.params, rtol=1e-6, atol=1e-7)
+    # every step's norms with True; none with False; per-call norms with train_step
+    _, hist_every, _, _ = fit(
+        every, every.init(jax.random.key(8), X[:16]), (X, Y), epochs=1, batch_size=16,
+        loop=Loop(3, 1),
+    )  # fmt: skip
+    assert hist_every.epochs[0]["update_norm"] == pytest.approx(
+        np.mean([s["update_norm"] for s in steps]), rel=1e-5
+    )
+    lean = _trainer(log_norms=False)
+    _, hist_lean, _, _ = fit(
+        lean, lean.init(jax.random.key(8), X[:16]), (X, Y), epochs=1, batch_size=16,
+        loop=Loop(3, 1),
+    )  # fmt: skip
+    assert not {"grad_norm", "update_norm", "param_norm"} & set(hist_lean.epochs[0])
+    _, m = sampled.train_step(sampled.init(jax.random.key(8), X[:16]), (X[:16], Y[:16]))
+    assert {"grad_norm", "update_norm", "param_norm"} <= set(m)
+    with pytest.raises(ValueError, match="log_norms"):
+        _trainer(log_norms="often")

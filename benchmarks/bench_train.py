@@ -43,7 +43,9 @@ trains ``--steps`` steps, blocks until done and returns the last loss):
   (loss parts, accuracy), guards non-finite updates and, with its default
   ``log_norms="sampled"``, logs the grad/update/parameter norms of the last step
   of each fused call. ``jaxreg norms every step``: ``log_norms=True``.
-  ``jaxreg lean``: ``log_norms=False``.
+  ``jaxreg lean``: ``log_norms=False``. ``jaxreg unguarded``: also
+  ``skip_non_finite=False``, the same work as the hand-written loops (the guard
+  is one reduction over the gradients per step).
 
 Case 2, the sweep: K members (``--members``, dropout 0.1..0.5 and L2 1e-4..1e-2)
 for ``--sweep-steps`` steps each, with ``sweep``'s three modes (``vmap``, ``map``,
@@ -355,7 +357,7 @@ class JaxregMLP(nn.Module):
         return nn.Dense(N_OUT)(x)
 
 
-def _jaxreg_trainer(args, swept=False, log_norms="sampled"):
+def _jaxreg_trainer(args, swept=False, log_norms="sampled", guard=True):
     def model(hp):
         return JaxregMLP(tuple(args.hidden), hp["dropout"] if swept else RATE)
 
@@ -364,6 +366,7 @@ def _jaxreg_trainer(args, swept=False, log_norms="sampled"):
         optimizer=optax.adam(LR, eps=ADAM_EPS),
         penalties={"l2": (lambda p: jaxreg.l2_penalty(p, mask=jaxreg.by_kernels()), L2)},
         log_norms=log_norms,
+        skip_non_finite=guard,
     )
 
 
@@ -374,10 +377,10 @@ def _with_shared_kernels(state, data):
     return state.replace(params=params, opt_state=optax.adam(LR, eps=ADAM_EPS).init(params))
 
 
-def make_jaxreg(data, args, log_norms="sampled", name="jaxreg"):
+def make_jaxreg(data, args, log_norms="sampled", name="jaxreg", guard=True):
     """jaxreg's engine: ``Trainer`` + the epoch runner ``fit`` uses, loop chosen by
     ``jaxreg.choose_loop`` (Python loop, scan, unrolled scan, measured on this state)."""
-    trainer = _jaxreg_trainer(args, log_norms=log_norms)
+    trainer = _jaxreg_trainer(args, log_norms=log_norms, guard=guard)
     x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
     state = _with_shared_kernels(trainer.init(jax.random.key(0), x[:BATCH]), data)
     loop, timings = _choose(args, trainer, state, (x, y))
@@ -438,10 +441,16 @@ def make_jaxreg_every(data, args):
     return make_jaxreg(data, args, log_norms=True, name="jaxreg norms every step")
 
 
+def make_jaxreg_unguarded(data, args):
+    """No norms and no non-finite guard (``skip_non_finite=False``)."""
+    return make_jaxreg(data, args, log_norms=False, name="jaxreg unguarded", guard=False)
+
+
 IMPLS = {
     "jaxreg": make_jaxreg,
     "jaxreg lean": make_jaxreg_lean,
     "jaxreg norms every step": make_jaxreg_every,
+    "jaxreg unguarded": make_jaxreg_unguarded,
     "flax+optax jit": make_flax_jit,
     "flax+optax jit donated": make_flax_jit_donated,
     "flax+optax scan": make_flax_scan,
@@ -481,7 +490,7 @@ def run_case(args, impls):
                 result[f"ratio_{name}_over_reference"] = round(t / med[REFERENCE], 3)
     result["reference"] = REFERENCE
     best_hand = min((t for n, t in med.items() if n.startswith("flax+optax")), default=None)
-    for mine in ("jaxreg", "jaxreg lean", "jaxreg norms every step"):
+    for mine in ("jaxreg", "jaxreg lean", "jaxreg norms every step", "jaxreg unguarded"):
         if mine in med and best_hand is not None:
             result[f"ratio_best_flax+optax_over_{mine}"] = round(best_hand / med[mine], 3)
         if mine in med and "torch eager" in med:

@@ -227,14 +227,13 @@ class EpochRunner:
         k = state.step.shape[0]
         stopped = np.zeros(k, bool) if frozen is None else np.asarray(frozen)
         outs = []
-        for i in range(k):
-            member = jax.tree.map(lambda a, i=i: a[i], (state, *rest))
+        for i, member in enumerate(_unstack((state, *rest), k)):
             if skip and stopped[i] and outs:
                 outs.append((member[0], jax.tree.map(jnp.zeros_like, outs[-1][1])))
                 continue
             fr = None if frozen is None else frozen[i]
             outs.append(fn(inner, member[0], fr, *member[1:]))
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return _stack(outs)
 
     def end_epoch(self, state, es_state, pl_state, sums, val):
         """Evaluate and update the stopping rules (per member for sweeps)."""
@@ -268,6 +267,18 @@ class EpochRunner:
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
             start += fuse if fn is self.chunk else 1
         return state, total
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(tree: Any, k: int) -> list:
+    """The ``k`` members of a stacked tree, in one call."""
+    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(k)]
+
+
+@jax.jit
+def _stack(trees: list) -> Any:
+    """Members stacked on a leading axis, in one call."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _batched_eval(data: Batch, batch_size: int) -> Batch:

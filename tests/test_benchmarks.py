@@ -109,3 +109,17 @@ def test_bench_models_smoke(capsys):
     from jaxreg import models
 
     assert models._max_pool2.__name__ == "_max_pool2"  # the patch was undone
+
+
+def test_bench_conv_smoke(capsys):
+    bench = _load("bench_conv")
+    results = bench.main(["--cases", "parts", "--no-torch", "--repeats", "1", "--steps", "1"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == results and [r["malloc"] for r in results] == [
+        "glibc default",
+        "retain_freed_memory",
+    ]
+    for r in results:
+        assert r["kernel gradient (XLA) ms"] > 0 and r["forward ms"] > 0
+        assert r["gemm_vs_xla_max_rel_err"] < 1e-5  # the GEMM is the same gradient
+    assert results[1]["kernel gradient faults_per_call"] < 100

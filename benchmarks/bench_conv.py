@@ -6,7 +6,9 @@ process-wide, so every variant gets its own process):
 
 * ``step``: one Adam step of a small CNN (conv3x3 1->32, relu, 2x2 max-pool,
   conv3x3 32->64, relu, pool, dense 128, dense 10; batch 128 of 28x28x1):
-  ``jaxreg.models.SmallCNN`` under ``jax.jit`` against the same network in
+  ``jaxreg.models.SmallCNN`` under ``jax.jit`` with its convolution
+  (``jaxreg.functional.conv_general_dilated``: im2col) and, interleaved in the
+  same process, with ``lax.conv_general_dilated``; against the same network in
   PyTorch eager (2 threads, channels-last).
 * ``parts``: the 3x3 conv 14x14x32 -> 64 at batch 128 alone: forward, input
   gradient, kernel gradient as XLA differentiates it, the same kernel gradient
@@ -66,39 +68,56 @@ def _faults_per_call(fn, calls=10):
 
 
 def jax_step(args):
+    """jaxreg.models.SmallCNN's step with its im2col conv and with lax's, interleaved."""
     import jax
     import jax.numpy as jnp
     import optax
+    from jax import lax
 
     from jaxreg import models
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((BATCH, 28, 28, 1), np.float32))
     y = jnp.asarray(rng.integers(0, 10, BATCH).astype(np.int32))
-    model = models.SmallCNN(channels=(32, 64), dense=128)
-    params = model.init(jax.random.key(0), x, train=False)["params"]
     tx = optax.adam(1e-3)
 
-    def loss_fn(p):
-        logits = model.apply({"params": p}, x, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def make(conv):
+        model = models.SmallCNN(channels=(32, 64), dense=128)
+        original = models.CONV
+        models.CONV = conv  # read when the module is traced
+        try:
+            params = model.init(jax.random.key(0), x, train=False)["params"]
 
-    @jax.jit
-    def step(p, s):
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
+            def loss_fn(p):
+                logits = model.apply({"params": p}, x, train=True)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    box = [(params, tx.init(params))]
+            @jax.jit
+            def step(p, s):
+                loss, g = jax.value_and_grad(loss_fn)(p)
+                u, s = tx.update(g, s, p)
+                return optax.apply_updates(p, u), s, loss
 
-    def run():
-        p, s, loss = step(*box[0])
-        box[0] = (p, s)
-        return loss
+            box = [step(params, tx.init(params))]  # compiled while the conv is swapped
+            jax.block_until_ready(box[0])
+        finally:
+            models.CONV = original
 
+        def run():
+            box[0] = step(*box[0][:2])
+            return box[0][2]
+
+        return run
+
+    runs = {"im2col": make(models.CONV), "lax": make(lax.conv_general_dilated)}
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved
+        for name, run in runs.items():
+            times[name].append(_median_ms(run, 1, args.steps))
     return {
-        "ms": _median_ms(run, args.repeats, args.steps),
-        "faults_per_call": _faults_per_call(run),
+        "ms": float(np.median(times["im2col"])),
+        "lax conv ms": float(np.median(times["lax"])),
+        "faults_per_call": _faults_per_call(runs["im2col"]),
     }
 
 
@@ -263,8 +282,10 @@ def main(argv=None) -> list[dict]:
                     "jax " if name == "jax_step" else ("torch " if name == "torch_step" else "")
                 )
                 row.update({prefix + key: value for key, value in out.items()})
-            if case == "step" and "torch ms" in row:
-                row["jax / torch"] = round(row["jax ms"] / row["torch ms"], 2)
+            if case == "step":
+                row["lax conv / im2col"] = round(row["jax lax conv ms"] / row["jax ms"], 2)
+                if "torch ms" in row:
+                    row["jax / torch"] = round(row["jax ms"] / row["torch ms"], 2)
             row.update(_machine(), repeats=args.repeats, steps=args.steps)
             print(json.dumps(row), flush=True)
             results.append(row)

@@ -1,6 +1,7 @@
-"""Pure kernels: the dropout family and batch norm (arrays + keys in, arrays out)."""
+"""Pure kernels: the dropout family, batch norm and a CPU-fast convolution."""
 
 from jaxreg.functional.batchnorm import batch_norm
+from jaxreg.functional.conv import conv_general_dilated
 from jaxreg.functional.dropouts import (
     alpha_dropout,
     drop_block,
@@ -15,6 +16,7 @@ from jaxreg.functional.dropouts import (
 __all__ = [
     "alpha_dropout",
     "batch_norm",
+    "conv_general_dilated",
     "drop_block",
     "drop_path",
     "drop_path_rates",

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cpu import retain_freed_memory
 from .data import DATASETS, DatasetUnavailableError
 from .experiments import configs, report, runner
 from .models import MODELS
@@ -67,6 +68,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="(default per dataset)")
     p.add_argument(
         "--lr", type=float, default=None, help="Adam learning rate (default per dataset)"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=runner.SCHEDULES,
+        default="constant",
+        help="learning rate: constant, or cosine decay to 0 over the run (default constant)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -156,6 +163,7 @@ def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
         "epochs": epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
+        "schedule": args.schedule,
         "seed": args.seed,
         "loop": _loop(args.loop),
         "mode": args.mode,
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = make_parser().parse_args(argv)
+        retain_freed_memory()  # CPU: no per-call page faults (jaxreg.cpu; off glibc a no-op)
         run = _compare if args.command == "compare" else _sweep
         record = run(args, argv)
     except (UsageError, ValueError, FileNotFoundError, DatasetUnavailableError, OSError) as e:

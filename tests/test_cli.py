@@ -96,6 +96,7 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--epochs", "0"], "--epochs, --batch-size and --repeats must be >= 1"),
         (["compare", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
         (["compare", "--loop", "fast"], "--loop must be auto, python or scan:K"),
+        (["compare", "--schedule", "step"], "argument --schedule: invalid choice: 'step'"),
         (["sweep", "--param", "batchnorm", "--values", "1"], "cannot sweep 'batchnorm'"),
         (["sweep", "--values", "1"], "the following arguments are required: --param"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -12,6 +12,7 @@ import pytest
 from jaxreg import data as data_lib
 from jaxreg.experiments import configs, report, runner
 from jaxreg.experiments.configs import Regularization, parse_config
+from jaxreg.fitting import Loop
 
 
 def test_parse_config_names_values_and_all():
@@ -204,3 +205,29 @@ def test_run_config_repeats_are_seed_members_summarized(digits):
     assert "±" in report.compare_table([r])
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         runner.run_config(parse_config("none"), digits, model="mlp", epochs=1, repeats=0)
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run(digits, monkeypatch):
+    assert runner.learning_rate_schedule(3e-3, "constant", 100) == 3e-3
+    cos = runner.learning_rate_schedule(3e-3, "cosine", 100)
+    assert float(cos(0)) == pytest.approx(3e-3) and float(cos(50)) == pytest.approx(1.5e-3)
+    assert float(cos(100)) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="schedule"):
+        runner.learning_rate_schedule(3e-3, "step", 100)
+    # run_config hands build the schedule over the run's steps
+    seen = []
+    real_build = runner.build
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["learning_rate"])
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "build", spy)
+    runner.run_config(
+        parse_config("none"), digits, model="mlp", epochs=3, batch_size=50,
+        learning_rate=1e-2, loop=Loop(1, 1), schedule="cosine",
+    )  # fmt: skip
+    steps = 3 * (digits.train[0].shape[0] // 50)
+    (lr,) = seen
+    assert float(lr(0)) == pytest.approx(1e-2) and float(lr(steps)) == pytest.approx(0, abs=1e-12)
+    assert float(lr(steps - 1)) > 0

@@ -133,12 +133,25 @@ def _augment(data: Data, strength: float) -> Callable:
     return image_augment(op)
 
 
+#: learning-rate schedules of the runs (``jaxreg compare/sweep --schedule``).
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int):
+    """Adam's rate: ``learning_rate`` constant, or cosine-decayed to 0 over ``total_steps``."""
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, max(1, int(total_steps)))
+    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
 def build(
     reg: Regularization,
     model: str,
     data: Data,
     *,
-    learning_rate: float = 1e-3,
+    learning_rate: float | Callable = 1e-3,
     model_fields: dict[str, Any] | None = None,
 ) -> tuple[Trainer, dict[str, float], EarlyStopping | None]:
     """The trainer, its hyperparameters and early stopping for one config.
@@ -243,6 +256,7 @@ def run_config(
     mode: str = "auto",
     model_fields: dict[str, Any] | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """Train one config with :func:`jaxreg.fit` and evaluate it (eval mode) on all splits.
 
@@ -262,14 +276,14 @@ def run_config(
         return _repeated(
             reg, data, model=model, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, loop=loop, repeats=repeats, mode=mode,
-            model_fields=model_fields, callback=callback,
+            model_fields=model_fields, callback=callback, schedule=schedule,
         )  # fmt: skip
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     t0 = time.perf_counter()
-    trainer, hp, es = build(
-        reg, model, data, learning_rate=learning_rate, model_fields=model_fields
-    )
+    steps = epochs * (data.train[0].shape[0] // batch_size)
+    lr = learning_rate_schedule(learning_rate, schedule, steps)
+    trainer, hp, es = build(reg, model, data, learning_rate=lr, model_fields=model_fields)
     state = trainer.init(jax.random.key(seed), data.train[0][:batch_size], hp)
     state, history, es_state, _ = fit(
         trainer,
@@ -349,6 +363,7 @@ def run_sweep(
     loop: Loop | str = "auto",
     model_fields: dict[str, Any] | None = None,
     callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """Train one member per value of ``param`` (on top of ``reg``) as one :func:`jaxreg.sweep`.
 
@@ -367,9 +382,9 @@ def run_sweep(
     else:
         reg = dataclasses.replace(reg, **{param: values[0]})
     t0 = time.perf_counter()
-    trainer, hp, es = build(
-        reg, model, data, learning_rate=learning_rate, model_fields=model_fields
-    )
+    steps = epochs * (data.train[0].shape[0] // batch_size)
+    lr = learning_rate_schedule(learning_rate, schedule, steps)
+    trainer, hp, es = build(reg, model, data, learning_rate=lr, model_fields=model_fields)
     members = {k: [v] * len(values) for k, v in hp.items()}
     members[param] = values
     result = sweep(

@@ -44,6 +44,17 @@ def params():
     return model_params(0)
 
 
+def _child_env(devices):
+    """Environment of a child Python: ``devices`` CPU devices, the repo importable."""
+    env = dict(os.environ)
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def run_on_cpu_devices(script, devices=8, timeout=300):
     """Run ``script`` in a child Python with ``devices`` simulated CPU devices.
 
@@ -51,12 +62,7 @@ def run_on_cpu_devices(script, devices=8, timeout=300):
     Warnings are errors in the child too; a failing child fails the test with its
     output.
     """
-    env = dict(os.environ)
-    flags = f"--xla_force_host_platform_device_count={devices}"
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    env, repo = _child_env(devices), Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", script],
         env=env,
@@ -88,12 +94,7 @@ def run_processes(script, processes=2, devices=2, timeout=300):
     go through gloo over localhost) and must print one ``RESULT <json>`` line;
     the parsed results are returned in process order.
     """
-    env = dict(os.environ)
-    flags = f"--xla_force_host_platform_device_count={devices}"
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    env, repo = _child_env(devices), Path(__file__).resolve().parents[1]
     env["JAXREG_COORDINATOR"] = f"localhost:{_free_port()}"
     env["JAXREG_NUM_PROCESSES"] = str(processes)
     procs = [

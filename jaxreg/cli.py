@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cpu import retain_freed_memory
 from .data import DATASETS, DatasetUnavailableError
 from .experiments import configs, report, runner
 from .models import MODELS
@@ -222,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = make_parser().parse_args(argv)
-        retain_freed_memory()  # CPU: no per-call page faults (jaxreg.cpu; off glibc a no-op)
         run = _compare if args.command == "compare" else _sweep
         record = run(args, argv)
     except (UsageError, ValueError, FileNotFoundError, DatasetUnavailableError, OSError) as e:

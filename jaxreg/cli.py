@@ -14,9 +14,11 @@ truncated file end the command with one line ``jaxreg: error: ...`` and exit sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+from .cpu import retain_freed_memory
 from .data import DATASETS, DatasetUnavailableError
 from .experiments import configs, report, runner
 from .models import MODELS
@@ -63,16 +65,41 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None, help=f"one of {', '.join(MODELS)} (default per dataset)"
     )
+    p.add_argument(
+        "--model-field",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a field of the model, e.g. widths=32,128,128 or dense=256 (repeatable)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default per dataset)")
     p.add_argument("--batch-size", type=int, default=None, help="(default per dataset)")
     p.add_argument(
-        "--lr", type=float, default=None, help="Adam learning rate (default per dataset)"
+        "--lr", type=float, default=None, help="peak learning rate (default per dataset)"
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=runner.OPTIMIZERS,
+        default="adam",
+        help="adam, or sgd with Nesterov momentum 0.9 (default adam)",
     )
     p.add_argument(
         "--schedule",
         choices=runner.SCHEDULES,
         default="constant",
-        help="learning rate: constant, or cosine decay to 0 over the run (default constant)",
+        help="learning rate: constant, cosine decay to 0, or triangle (0.2x lr up to lr "
+        "over the first quarter, then linear to 0) (default constant)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="evaluate natural images as the mean logits of the image and its mirror",
+    )
+    p.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="keep freed memory for reuse (glibc): faster conv-net steps on CPU, slower "
+        "compilation (jaxreg.cpu.retain_freed_memory)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -81,7 +108,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="train on a random subset (default per dataset)",
     )
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the training split held out for validation; 0 trains on all of it "
+        "(default 0.2)",
+    )
     p.add_argument(
         "--loop", default=None, help="auto (measured), python, or scan:K (default per dataset)"
     )
@@ -118,6 +151,36 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--values", type=float, nargs="+", required=True)
     s.add_argument("--config", default="none", help="base config the swept value is added to")
     return ap
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _model_fields(items: list[str], model: str) -> dict:
+    """``["widths=32,128,128", "scale=0.1"]`` -> ``{"widths": (32, 128, 128), "scale": 0.1}``."""
+    fields = {f.name for f in dataclasses.fields(MODELS[model])}
+    fields -= {"parent", "name", "num_classes", "dropout", "batch_norm"}
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise UsageError(
+                f"--model-field must be NAME=VALUE with NAME one of {', '.join(sorted(fields))} "
+                f"(model {model}), got {item!r}"
+            )
+        try:
+            values = tuple(_number(v) for v in text.split(","))
+        except ValueError:
+            raise UsageError(
+                f"--model-field {name}: {text!r} is not a number or a list of numbers"
+            ) from None
+        out[name] = values if "," in text else values[0]
+    return out
 
 
 def _loop(text: str):
@@ -157,13 +220,18 @@ def _progress(args, total: int, label: str):
 
 def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
     """The prepared data and the keyword arguments every run of the command shares."""
+    if args.retain_memory:
+        retain_freed_memory()
     run = {
         "model": model,
         "epochs": epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "schedule": args.schedule,
+        "optimizer": args.optimizer,
+        "tta": args.tta,
         "seed": args.seed,
+        "model_fields": _model_fields(args.model_field, model),
         "loop": _loop(args.loop),
         "mode": args.mode,
     }
@@ -187,7 +255,9 @@ def _compare(args, argv) -> dict:
 
         def show(epoch, m, bar=bar):
             if bar is not None:
-                bar.update(epoch + 1, f"loss {m['loss']:.3f} val_acc {m['val_accuracy']:.4f}")
+                val = "val_accuracy" in m
+                name, key = ("val_acc", "val_accuracy") if val else ("train_acc", "accuracy")
+                bar.update(epoch + 1, f"loss {m['loss']:.3f} {name} {m[key]:.4f}")
 
         r = runner.run_config(reg, data, repeats=args.repeats, callback=show, **run)
         if bar is not None:
@@ -207,7 +277,9 @@ def _sweep(args, argv) -> dict:
 
     def show(epoch, m):
         if bar is not None:
-            bar.update(epoch + 1, f"best val_acc {float(m['val_accuracy'].max()):.4f}")
+            val = "val_accuracy" in m
+            name, key = ("val_acc", "val_accuracy") if val else ("train_acc", "accuracy")
+            bar.update(epoch + 1, f"best {name} {float(m[key].max()):.4f}")
 
     r = runner.run_sweep(reg, args.param, args.values, data, callback=show, **run)
     if bar is not None:

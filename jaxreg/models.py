@@ -36,7 +36,7 @@ import jax
 from jaxreg.functional import conv_general_dilated
 from jaxreg.nn import Dropout
 
-__all__ = ["CNN1D", "MLP", "MLP1D", "MODELS", "ResNet", "SmallCNN", "get_model"]
+__all__ = ["CNN1D", "MLP", "MLP1D", "MODELS", "Airbench", "ResNet", "SmallCNN", "get_model"]
 
 
 def _norm_relu(x: jax.Array, batch_norm: bool, train: bool) -> jax.Array:
@@ -149,6 +149,40 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class Airbench(nn.Module):
+    """The small fast CIFAR net of airbench (Jordan 2024, "94% on CIFAR-10 in 3.29
+    seconds"), without its frozen whitening initialisation.
+
+    A 2x2 VALID conv stem (``stem`` channels, bias, relu: 32x32 -> 31x31); then per
+    width two convs, conv3x3-maxpool2-BN-relu and conv3x3-BN-relu (no residual:
+    31 -> 15 -> 7 -> 3); global max pooling, dropout, a bias-free dense layer whose
+    logits are multiplied by ``scale`` (airbench's 1/9: small logits early on suit
+    the large SGD rates of its recipe). ``widths=(64, 256, 256)`` is airbench94's
+    net; ``(32, 128, 128)`` needs about a quarter of its FLOPs. Batch norm is
+    always on (``batch_norm=False`` raises ``ValueError``).
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (64, 256, 256)
+    stem: int = 24
+    scale: float = 1.0 / 9.0
+    dropout: float | jax.Array = 0.0
+    batch_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.batch_norm is not True:
+            raise ValueError("Airbench: batch norm is always on; batch_norm=False is unsupported.")
+        x = nn.relu(_conv(self.stem, (2, 2), False, padding="VALID")(x))
+        for width in self.widths:
+            x = _conv(width, (3, 3), True, padding="SAME")(x)
+            x = _norm_relu(_max_pool2(x), True, train)
+            x = _norm_relu(_conv(width, (3, 3), True, padding="SAME")(x), True, train)
+        x = x.max(axis=(1, 2))
+        x = Dropout(self.dropout)(x, deterministic=not train)
+        return self.scale * nn.Dense(self.num_classes, use_bias=False)(x)
+
+
 class CNN1D(nn.Module):
     """The MNIST-1D paper's ``ConvBase`` (Greydanus 2020): ``layers`` conv1d layers
     with ``channels`` channels, stride 2, padding 1, kernel 5 for the first layer and
@@ -188,6 +222,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "cnn": SmallCNN,
     "resnet": ResNet,
+    "airbench": Airbench,
     "cnn1d": CNN1D,
     "mlp1d": MLP1D,
 }

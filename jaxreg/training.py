@@ -140,6 +140,10 @@ class Trainer:
         augment: ``(key, images, labels, hparams) -> (images, labels)`` applied
             on device inside the step (see :func:`image_augment`).
         ema_decay: decay of the parameter EMA in [0, 1), or None for no EMA.
+        tta: test-time augmentation for evaluation, or None: ``images -> views``
+            (a sequence of batches of the same shape, e.g.
+            :func:`jaxreg.augment.flip_views`); :meth:`eval_fn` averages the
+            model's logits over the views. Training steps never use it.
         ema_warmup: use ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t``
             (TensorFlow's ``ExponentialMovingAverage(num_updates=t)``), so the
             average leaves the initial weights within tens of steps instead of
@@ -173,6 +177,7 @@ class Trainer:
     penalties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     augment: Callable | None = None
     ema_decay: float | None = None
+    tta: Callable | None = None
     ema_warmup: bool = True
     train_kwarg: str = "train"
     rng_streams: tuple[str, ...] = ("dropout",)
@@ -204,6 +209,8 @@ class Trainer:
             raise ValueError(
                 f"Trainer: log_norms must be True, False or 'sampled', got {self.log_norms!r}."
             )
+        if self.tta is not None and not callable(self.tta):
+            raise TypeError(f"Trainer: tta must be a callable images -> views, got {self.tta!r}.")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"Trainer: ema_decay must lie in [0, 1), got {self.ema_decay!r}.")
         if self.param_sharding is not None and self.mesh is None:
@@ -487,14 +494,15 @@ class Trainer:
 
         Returns ``loss_sum`` (plain cross-entropy, no smoothing), ``correct`` and
         ``count``; :meth:`evaluate` turns them into means. ``ema=True`` uses the
-        EMA parameters and statistics.
+        EMA parameters and statistics. With ``tta`` the logits are the mean over
+        its views.
         """
         x, labels = self._constrain_batch(batch)
         if ema and state.ema_params is None:
             raise ValueError("Trainer.eval_fn: ema=True needs a Trainer with ema_decay set.")
         params = state.ema_params if ema else state.params
         stats = state.ema_batch_stats if ema else state.batch_stats
-        logits, _ = self._apply(state.hparams, params, stats, x, train=False)
+        logits = self.eval_logits(state.hparams, params, stats, x)
         if jnp.issubdtype(labels.dtype, jnp.integer):
             losses = softmax_cross_entropy(logits, labels, reduction="none")
         else:
@@ -505,6 +513,20 @@ class Trainer:
             "correct": _accuracy(logits, labels) * n,
             "count": jnp.float32(n),
         }
+
+    def eval_logits(self, hparams, params, batch_stats, x) -> jax.Array:
+        """Eval-mode logits of ``x``, averaged over the ``tta`` views when set."""
+        if self.tta is None:
+            return self._apply(hparams, params, batch_stats, x, train=False)[0]
+        views = list(self.tta(x))
+        if not views or any(v.shape != x.shape for v in views):
+            raise ValueError(
+                f"Trainer: tta must return a non-empty sequence of arrays shaped like its "
+                f"input {x.shape}, got {[getattr(v, 'shape', v) for v in views]}."
+            )
+        # one forward pass over all views stacked on the batch axis
+        logits = self._apply(hparams, params, batch_stats, jnp.concatenate(views), train=False)[0]
+        return logits.reshape(len(views), x.shape[0], *logits.shape[1:]).mean(axis=0)
 
     @cached_property
     def train_step(self) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:

@@ -45,6 +45,30 @@ def test_compare_prints_table_and_writes_json_report_and_plots(tmp_path, capsys)
             assert f"]({name})" in md
 
 
+def test_optimizer_schedule_model_fields_and_no_validation_split(tmp_path, capsys, monkeypatch):
+    from jaxreg.experiments import runner
+
+    seen = {}
+    real = runner.build
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "build", spy)
+    out = tmp_path / "sgd"
+    argv = ["compare", "--configs", "l2", "--repeats", "1", "--model", "cnn", "--out", str(out)]
+    argv += ["--optimizer", "sgd", "--schedule", "triangle", "--lr", "0.1", "--val-fraction", "0"]
+    argv += ["--model-field", "channels=4,8", "--model-field", "dense=16", "--epochs", "4"]
+    argv += ["--train-size", "400", "--batch-size", "25", "--loop", "python"]
+    assert cli.main(argv) == 0
+    assert seen["optimizer"] == "sgd" and seen["tta"] is False
+    assert seen["model_fields"] == {"channels": (4, 8), "dense": 16}
+    assert float(seen["learning_rate"](0)) == pytest.approx(0.02)  # triangle: 0.2 x lr at step 0
+    (r,) = json.loads((out / "results.json").read_text())["results"]
+    assert r["val_acc"] is None and r["test_acc"] > 0.3  # chance is 0.1
+
+
 def test_sweep_is_one_program_with_a_curve(tmp_path, capsys):
     out = tmp_path / "sw"
     argv = ["sweep", "--param", "dropout", "--values", "0", "0.3", "0.6", "--mode", "sequential"]
@@ -97,6 +121,11 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
         (["compare", "--loop", "fast"], "--loop must be auto, python or scan:K"),
         (["compare", "--schedule", "step"], "argument --schedule: invalid choice: 'step'"),
+        (["compare", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice"),
+        (["compare", "--model-field", "depth=3"], "NAME one of channels, dense (model cnn)"),
+        (["compare", "--model-field", "dense=wide"], "dense: 'wide' is not a number"),
+        (["compare", "--tta"], "tta (mirrored test views) needs natural images"),
+        (["compare", "--val-fraction", "1"], "val_fraction must lie in [0, 1), got 1.0"),
         (["sweep", "--param", "batchnorm", "--values", "1"], "cannot sweep 'batchnorm'"),
         (["sweep", "--values", "1"], "the following arguments are required: --param"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import jax
@@ -231,3 +232,74 @@ def test_cosine_schedule_decays_to_zero_over_the_run(digits, monkeypatch):
     (lr,) = seen
     assert float(lr(0)) == pytest.approx(1e-2) and float(lr(steps)) == pytest.approx(0, abs=1e-12)
     assert float(lr(steps - 1)) > 0
+
+
+def test_triangle_schedule_and_sgd_optimizer(digits):
+    tri = runner.learning_rate_schedule(0.4, "triangle", 100)
+    assert float(tri(0)) == pytest.approx(0.08)  # starts at 0.2x
+    assert float(tri(25)) == pytest.approx(0.4)  # peak at a quarter of the run
+    assert float(tri(62)) == pytest.approx(0.4 * (1 - 37 / 75), rel=1e-5)
+    assert float(tri(100)) == pytest.approx(0.0, abs=1e-12)
+    # sgd is Nesterov momentum 0.9: one step from zero momentum moves by lr * (1 + 0.9) * grad
+    tx = runner.base_optimizer("sgd", 0.1)
+    grads = {"w": jnp.ones(3)}
+    updates, _ = tx.update(grads, tx.init(grads))
+    np.testing.assert_allclose(updates["w"], -0.1 * 1.9 * np.ones(3), rtol=1e-6)
+    r = runner.run_config(
+        parse_config("l2"), digits, model="mlp", epochs=3, batch_size=64,
+        learning_rate=0.05, optimizer="sgd", schedule="triangle", loop=Loop(1, 1),
+    )  # fmt: skip
+    assert r["test_acc"] > 0.5  # chance is 0.1
+    with pytest.raises(ValueError, match="optimizer must be one of adam, sgd, got 'rmsprop'"):
+        runner.build(parse_config("none"), "mlp", digits, optimizer="rmsprop")
+
+
+def test_tta_averages_the_logits_of_the_image_and_its_mirror():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((12, 8, 8, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 12), jnp.int32)
+    data = runner.Data("cifar10", (x, y), None, (x, y), 10)
+    trainer, hp, _ = runner.build(parse_config("none"), "cnn", data, tta=True)
+    state = trainer.init(jax.random.key(0), x, hp)
+    module = trainer.module(state.hparams)
+    logits = lambda v: module.apply({"params": state.params}, v, train=False)
+    mean = (logits(x) + logits(x[:, :, ::-1])) / 2
+    assert not np.allclose(logits(x), mean, atol=1e-4)  # the mirror changes the logits
+    got = trainer.eval_fn(state, (x, y))
+    want = float(jnp.sum(jnp.argmax(mean, -1) == y))
+    assert float(got["correct"]) == pytest.approx(want)
+    loss = -jnp.sum(jax.nn.log_softmax(mean)[jnp.arange(12), y])
+    assert float(got["loss_sum"]) == pytest.approx(float(loss), rel=1e-5)
+    bad = dataclasses.replace(trainer, tta=lambda v: (v[:, :4],))
+    with pytest.raises(ValueError, match="tta must return a non-empty sequence"):
+        bad.eval_fn(state, (x, y))
+    mnist = runner.Data("mnist", (x, y), None, None, 10)
+    with pytest.raises(ValueError, match=r"tta \(mirrored test views\) needs natural images"):
+        runner.build(parse_config("none"), "cnn", mnist, tta=True)
+
+
+def test_val_fraction_zero_trains_on_the_whole_split(digits, tmp_path):
+    data = runner.prepare("digits", val_fraction=0.0)
+    assert data.val is None and data.train[0].shape[0] == len(data_lib.load("digits").train[1])
+    r = runner.run_config(
+        parse_config("none"), data, model="mlp", epochs=2, batch_size=64, loop=Loop(1, 1)
+    )
+    assert r["val_acc"] is None and r["val_loss"] is None and r["test_acc"] > 0.3
+    assert r["best_epoch"] == 1 and "val_accuracy" not in r["history"][0]
+    assert "| - |" in report.compare_table([r])
+    rep = runner.run_config(
+        parse_config("none"), data, model="mlp", epochs=1, batch_size=64, loop=Loop(1, 1),
+        repeats=2, mode="sequential",
+    )  # fmt: skip
+    assert rep["val_acc"] is None and rep["test_acc_std"] >= 0
+    s = runner.run_sweep(
+        parse_config("none"), "dropout", [0.0, 0.3], data, model="mlp", epochs=1,
+        batch_size=64, mode="sequential", loop=Loop(1, 1),
+    )  # fmt: skip
+    assert [m["val_acc"] for m in s["members"]] == [None, None]
+    settings = {"dataset": "digits", "model": "mlp"}
+    report.write(tmp_path / "c", {"command": "compare", "results": [r], "settings": settings})
+    report.write(tmp_path / "s", {"command": "sweep", "results": s, "settings": settings})
+    assert (tmp_path / "c" / "accuracy.png").exists() and (tmp_path / "s" / "report.md").exists()
+    with pytest.raises(ValueError, match=r"val_fraction must lie in \[0, 1\), got 1.0"):
+        runner.prepare("digits", val_fraction=1.0)

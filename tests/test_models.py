@@ -11,7 +11,17 @@ import optax
 import pytest
 
 import jaxreg
-from jaxreg.models import CNN1D, MLP, MLP1D, MODELS, ResNet, SmallCNN, _max_pool2, get_model
+from jaxreg.models import (
+    CNN1D,
+    MLP,
+    MLP1D,
+    MODELS,
+    Airbench,
+    ResNet,
+    SmallCNN,
+    _max_pool2,
+    get_model,
+)
 
 # small variants of every model and a representative input shape for each
 CASES = {
@@ -20,6 +30,7 @@ CASES = {
     "cnn_rgb": (dict(channels=(4, 8), dense=16), (3, 32, 32, 3)),
     "cnn_digits": (dict(channels=(4, 8), dense=16), (3, 8, 8, 1)),
     "resnet": (dict(widths=(4, 8)), (3, 8, 8, 3)),
+    "airbench": (dict(widths=(4, 8), stem=3), (3, 9, 9, 3)),
     "cnn1d": (dict(channels=6), (3, 40, 1)),
     "mlp1d": (dict(hidden=(16,)), (3, 40, 1)),
 }
@@ -65,8 +76,8 @@ def _apply_train(model, variables, x, key):
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_output_shape_and_dtype(case, batch_norm):
-    if case == "resnet" and not batch_norm:
-        pytest.skip("ResNet always uses batch norm")
+    if case in ("resnet", "airbench") and not batch_norm:
+        pytest.skip(f"{case} always uses batch norm")
     model = _model(case, num_classes=7, batch_norm=batch_norm)
     x = jax.ShapeDtypeStruct(CASES[case][1], jnp.float32)
     variables = _shapes(model, x)
@@ -88,7 +99,7 @@ def test_default_model_shapes():
     assert MLP1D().hidden == (100, 100)
 
 
-@pytest.mark.parametrize("case", ["mlp", "cnn", "resnet", "cnn1d"])
+@pytest.mark.parametrize("case", ["mlp", "cnn", "resnet", "airbench", "cnn1d"])
 def test_dropout_uses_the_rng_in_training_only(case):
     model = _model(case, dropout=0.5)
     x = _input(case)
@@ -103,7 +114,7 @@ def test_dropout_uses_the_rng_in_training_only(case):
     assert not np.allclose(a, e1)
 
 
-@pytest.mark.parametrize("case", ["mlp", "cnn", "resnet", "cnn1d"])
+@pytest.mark.parametrize("case", ["mlp", "cnn", "resnet", "airbench", "cnn1d"])
 def test_batch_stats_change_only_when_mutable_in_training(case):
     model = _model(case, batch_norm=True)
     x = _input(case)
@@ -149,6 +160,7 @@ def test_registry_and_errors():
         "mlp": MLP,
         "cnn": SmallCNN,
         "resnet": ResNet,
+        "airbench": Airbench,
         "cnn1d": CNN1D,
         "mlp1d": MLP1D,
     }
@@ -161,6 +173,30 @@ def test_registry_and_errors():
         ResNet(widths=(4,), batch_norm=False).init(jax.random.key(0), x, train=False)
     with pytest.raises(ValueError, match="pool"):
         ResNet(widths=(4,), pool="min").init(jax.random.key(0), x, train=False)
+    with pytest.raises(ValueError, match="Airbench: batch norm is always on"):
+        Airbench(widths=(4,), batch_norm=False).init(jax.random.key(0), x, train=False)
+
+
+def test_airbench_shapes_parameters_and_logit_scale():
+    """airbench94's layout: 2x2 stem 32 -> 31, then 31 -> 15 -> 7 -> 3 and a global max."""
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    params = _shapes(Airbench(widths=(32, 128, 128)), x)["params"]
+    kernels = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if "kernel" in jax.tree_util.keystr(path)]  # fmt: skip
+    assert kernels == [
+        (2, 2, 3, 24), (3, 3, 24, 32), (3, 3, 32, 32), (3, 3, 32, 128), (3, 3, 128, 128),
+        (3, 3, 128, 128), (3, 3, 128, 128), (128, 10),
+    ]  # fmt: skip
+    conv_count = sum(int(np.prod(k)) for k in kernels)
+    full = _shapes(Airbench(), x)["params"]
+    assert sum(p.size for p in jax.tree.leaves(full)) > 3.5 * conv_count  # airbench94 width
+    # the logits are the dense output times ``scale``
+    small = Airbench(widths=(4,), stem=3)
+    xs = _input("airbench")
+    variables = _init(small, xs)
+    a = small.apply(variables, xs, train=False)
+    b = Airbench(widths=(4,), stem=3, scale=1.0).apply(variables, xs, train=False)
+    np.testing.assert_allclose(a, b / 9.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 2)])

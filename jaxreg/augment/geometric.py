@@ -288,6 +288,22 @@ def random_crop_flip(
     )
 
 
+def flip_views(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Test-time augmentation views: the batch and its left-right mirror.
+
+    For :class:`jaxreg.Trainer`'s ``tta`` field: evaluation then averages the
+    model's logits over both views (airbench's and the ResNet papers' "flip"
+    test-time augmentation on natural images).
+
+    Example:
+      >>> x = jnp.arange(3.0).reshape(1, 1, 3, 1)
+      >>> flip_views(x)[1][0, 0, :, 0]
+      Array([2., 1., 0.], dtype=float32)
+    """
+    check_images("flip_views", images)
+    return images, images[:, :, ::-1]
+
+
 # --------------------------------------------------------------------------- affine
 
 

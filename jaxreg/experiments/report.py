@@ -33,6 +33,8 @@ def _table(rows: list[dict[str, Any]], columns) -> str:
     rule = "|" + "|".join("---" for _ in columns) + "|"
 
     def cell(r, k, fmt):
+        if r[k] is None:  # e.g. val_acc without a validation split
+            return "-"
         text = fmt.format(r[k])
         return text + f" ± {r[k + '_std']:.4f}" if k + "_std" in r else text
 
@@ -99,7 +101,8 @@ def _curves(plt, path: Path, results, metric: str, label: str) -> None:
         hist = r["history"]
         epochs = range(1, len(hist) + 1)
         ax.plot(epochs, [h[metric] for h in hist], label="train")
-        ax.plot(epochs, [h[f"val_{metric}"] for h in hist], label="val")
+        if hist and f"val_{metric}" in hist[0]:
+            ax.plot(epochs, [h[f"val_{metric}"] for h in hist], label="val")
         ax.set_title(r["config"], fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -117,7 +120,8 @@ def _sweep_plot(plt, path: Path, result) -> None:
     xs = [r[param] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for key, label in (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")):
-        ax.plot(xs, [r[key] for r in rows], marker="o", label=label)
+        if rows[0][key] is not None:  # no val_acc without a validation split
+            ax.plot(xs, [r[key] for r in rows], marker="o", label=label)
     positive = [x for x in xs if x > 0]
     if param in ("l2", "weight_decay") and positive and max(positive) / min(positive) >= 100:
         ax.set_xscale("symlog", linthresh=min(positive))

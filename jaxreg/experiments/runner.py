@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from .. import data as data_lib
-from ..augment import random_crop, random_crop_flip
+from ..augment import flip_views, random_crop, random_crop_flip
 from ..early_stopping import EarlyStopping
 from ..fitting import Loop, fit
 from ..masks import by_kernels
@@ -45,7 +45,7 @@ DEFAULT_MODEL = {
     "mnist1d": "cnn1d",
 }
 NATURAL_IMAGES = ("cifar10", "cifar100")  # horizontal flips keep the label
-ALWAYS_BATCHNORM = ("resnet",)  # its BatchNorm is part of the architecture
+ALWAYS_BATCHNORM = ("resnet", "airbench")  # its BatchNorm is part of the architecture
 
 
 @dataclasses.dataclass
@@ -54,7 +54,7 @@ class Data:
 
     name: str
     train: tuple[jax.Array, jax.Array]
-    val: tuple[jax.Array, jax.Array]
+    val: tuple[jax.Array, jax.Array] | None  # None when prepared with val_fraction=0
     test: tuple[jax.Array, jax.Array]
     num_classes: int
 
@@ -76,15 +76,16 @@ def prepare(
 
     The validation set is a seeded ``val_fraction`` of the training split
     (rounded to a multiple of 500 above 2,500 examples, so evaluation batches
-    divide it); ``train_size`` then keeps a seeded random subset of the rest
-    for training (a small training set overfits sooner).
+    divide it), or none with ``val_fraction=0`` (``Data.val`` is then None and
+    the whole training split trains); ``train_size`` then keeps a seeded random
+    subset of the rest for training (a small training set overfits sooner).
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     ds = loader(dataset, data_dir=data_dir)
     (x, y), (xt, yt) = ds.train, ds.test
     perm = np.random.default_rng(seed).permutation(len(y))
-    n_val = max(1, round(val_fraction * len(perm)))
+    n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(perm)))
     if n_val > 2500:
         n_val -= n_val % 500
     val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -104,7 +105,7 @@ def prepare(
     return Data(
         name=ds.name,
         train=put(x[train_idx], y[train_idx]),
-        val=put(x[val_idx], y[val_idx]),
+        val=put(x[val_idx], y[val_idx]) if n_val else None,
         test=put(xt, yt),
         num_classes=ds.num_classes,
     )
@@ -134,16 +135,44 @@ def _augment(data: Data, strength: float) -> Callable:
 
 
 #: learning-rate schedules of the runs (``jaxreg compare/sweep --schedule``).
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "triangle")
+
+#: optimizers of the runs (``--optimizer``): Adam, or SGD with Nesterov momentum 0.9.
+OPTIMIZERS = ("adam", "sgd")
 
 
 def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int):
-    """Adam's rate: ``learning_rate`` constant, or cosine-decayed to 0 over ``total_steps``."""
+    """The optimizer's rate over ``total_steps`` steps.
+
+    ``constant``: ``learning_rate`` throughout. ``cosine``: cosine decay to 0.
+    ``triangle``: linear from ``0.2 * learning_rate`` up to ``learning_rate`` at
+    a quarter of the run, then linear down to 0 (the one-cycle shape of the fast
+    CIFAR-10 trainers, Page 2018 and airbench).
+    """
+    total = max(1, int(total_steps))
     if schedule == "constant":
         return learning_rate
     if schedule == "cosine":
-        return optax.cosine_decay_schedule(learning_rate, max(1, int(total_steps)))
+        return optax.cosine_decay_schedule(learning_rate, total)
+    if schedule == "triangle":
+        peak = max(1, total // 4)
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.2 * learning_rate, learning_rate, peak),
+                optax.linear_schedule(learning_rate, 0.0, max(1, total - peak)),
+            ],
+            [peak],
+        )
     raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
+def base_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
+    """``adam`` (optax defaults) or ``sgd`` (Nesterov momentum 0.9) at ``learning_rate``."""
+    if name == "adam":
+        return optax.adam(learning_rate)
+    if name == "sgd":
+        return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
 def build(
@@ -153,13 +182,25 @@ def build(
     *,
     learning_rate: float | Callable = 1e-3,
     model_fields: dict[str, Any] | None = None,
+    optimizer: str = "adam",
+    tta: bool = False,
 ) -> tuple[Trainer, dict[str, float], EarlyStopping | None]:
     """The trainer, its hyperparameters and early stopping for one config.
 
     Every numeric regularizer that is on is a traced hyperparameter of the
     trainer (``hparams[name]``), so :func:`run_sweep` can vary it per member.
-    The ResNet always has BatchNorm (the ``batchnorm`` switch does not change it).
+    The ResNet and Airbench nets always have BatchNorm (the ``batchnorm`` switch
+    does not change them). ``optimizer`` is one of :data:`OPTIMIZERS`; ``tta``
+    evaluates natural images as the mean logits of the image and its mirror
+    (:func:`jaxreg.augment.flip_views`).
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if tta and data.name not in NATURAL_IMAGES:
+        raise ValueError(
+            f"tta (mirrored test views) needs natural images ({', '.join(NATURAL_IMAGES)}), "
+            f"got dataset {data.name!r}"
+        )
     on = reg.active()
     hp = {k: float(v) for k, v in on.items() if k in SWEEPABLE}
     fields = dict(model_fields or {})
@@ -178,11 +219,14 @@ def build(
         if "weight_decay" in h:
             parts.append(
                 decoupled_weight_decay(
-                    optax.adam(learning_rate), h["weight_decay"], learning_rate, mask=kernels
+                    base_optimizer(optimizer, learning_rate),
+                    h["weight_decay"],
+                    learning_rate,
+                    mask=kernels,
                 )
             )
         else:
-            parts.append(optax.adam(learning_rate))
+            parts.append(base_optimizer(optimizer, learning_rate))
         if "max_norm" in h:
             parts.append(keep_max_norm(h["max_norm"], mask=kernels))
         return optax.chain(*parts) if len(parts) > 1 else parts[0]
@@ -196,6 +240,7 @@ def build(
         penalties=penalties,
         augment=_augment(data, on["augmentation"]) if "augmentation" in on else None,
         ema_decay=on.get("ema"),
+        tta=flip_views if tta else None,
     )
     es = None
     if "early_stopping" in on:
@@ -233,9 +278,16 @@ def _evaluator(trainer: Trainer, total: int, ema: bool) -> Callable:
     return run
 
 
-def _final(trainer: Trainer, state, data: Data, ema: bool) -> dict[str, float]:
+def _eval_batch_size(data: Data) -> int:
+    return 1000 if data.val is None else _eval_batches(data.val[0].shape[0])
+
+
+def _final(trainer: Trainer, state, data: Data, ema: bool) -> dict[str, float | None]:
     out = {}
     for split in ("train", "val", "test"):
+        if getattr(data, split) is None:  # no validation split
+            out[f"{split}_acc"] = out[f"{split}_loss"] = None
+            continue
         m = evaluate(trainer, state, *getattr(data, split), ema=ema)
         out[f"{split}_acc"], out[f"{split}_loss"] = m["accuracy"], m["loss"]
     out["gap"] = out["train_acc"] - out["test_acc"]
@@ -257,6 +309,8 @@ def run_config(
     model_fields: dict[str, Any] | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     schedule: str = "constant",
+    optimizer: str = "adam",
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Train one config with :func:`jaxreg.fit` and evaluate it (eval mode) on all splits.
 
@@ -277,13 +331,16 @@ def run_config(
             reg, data, model=model, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, loop=loop, repeats=repeats, mode=mode,
             model_fields=model_fields, callback=callback, schedule=schedule,
+            optimizer=optimizer, tta=tta,
         )  # fmt: skip
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     t0 = time.perf_counter()
     steps = epochs * (data.train[0].shape[0] // batch_size)
     lr = learning_rate_schedule(learning_rate, schedule, steps)
-    trainer, hp, es = build(reg, model, data, learning_rate=lr, model_fields=model_fields)
+    trainer, hp, es = build(
+        reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer, tta=tta
+    )
     state = trainer.init(jax.random.key(seed), data.train[0][:batch_size], hp)
     state, history, es_state, _ = fit(
         trainer,
@@ -294,7 +351,7 @@ def run_config(
         batch_size=batch_size,
         early_stopping=es,
         loop=loop,
-        eval_batch_size=_eval_batches(data.val[0].shape[0]),
+        eval_batch_size=_eval_batch_size(data),
         callback=callback,
     )
     ema = reg.ema is not None
@@ -302,6 +359,8 @@ def run_config(
     seconds = time.perf_counter() - t0
     if es_state is not None:
         best = int(es_state.best_step)
+    elif data.val is None:
+        best = len(history.epochs) - 1
     else:
         best = int(np.argmax(history.series("val_accuracy")))
     keep = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
@@ -332,6 +391,9 @@ def _repeated(reg, data, *, repeats, callback, **kwargs) -> dict[str, Any]:
     rows = r["members"]
     out: dict[str, Any] = {"config": reg.name, "regularizers": reg.active()}
     for key in SUMMARIZED:
+        if rows[0][key] is None:  # no validation split
+            out[key] = None
+            continue
         vals = np.asarray([row[key] for row in rows])
         out[key], out[f"{key}_std"] = float(vals.mean()), float(vals.std(ddof=1))
     hist = {k: np.asarray(v).mean(axis=1) for k, v in r["history"].items()}
@@ -364,6 +426,8 @@ def run_sweep(
     model_fields: dict[str, Any] | None = None,
     callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     schedule: str = "constant",
+    optimizer: str = "adam",
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Train one member per value of ``param`` (on top of ``reg``) as one :func:`jaxreg.sweep`.
 
@@ -384,7 +448,9 @@ def run_sweep(
     t0 = time.perf_counter()
     steps = epochs * (data.train[0].shape[0] // batch_size)
     lr = learning_rate_schedule(learning_rate, schedule, steps)
-    trainer, hp, es = build(reg, model, data, learning_rate=lr, model_fields=model_fields)
+    trainer, hp, es = build(
+        reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer, tta=tta
+    )
     members = {k: [v] * len(values) for k, v in hp.items()}
     members[param] = values
     result = sweep(
@@ -398,7 +464,7 @@ def run_sweep(
         early_stopping=es,
         mode=mode,
         loop=loop,
-        eval_batch_size=_eval_batches(data.val[0].shape[0]),
+        eval_batch_size=_eval_batch_size(data),
         callback=callback,
     )
     ema = reg.ema is not None

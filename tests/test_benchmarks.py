@@ -123,3 +123,48 @@ def test_bench_conv_smoke(capsys):
         assert r["kernel gradient (XLA) ms"] > 0 and r["forward ms"] > 0
         assert r["gemm_vs_xla_max_rel_err"] < 1e-5  # the GEMM is the same gradient
     assert results[1]["kernel gradient faults_per_call"] < 100
+
+
+MNIST_DIR = BENCH.parent / ".." / "shared" / "data" / "mnist"
+
+
+def test_bench_accuracy_peer_schedules_equal_the_runners():
+    import pytest
+
+    from jaxreg.experiments import runner
+
+    bench = _load("bench_accuracy")
+    for name in runner.SCHEDULES:
+        want = runner.learning_rate_schedule(0.4, name, 120)
+        got = bench._schedule(0.4, name, 120)
+        for t in (0, 7, 30, 31, 77, 119, 120):
+            expected = want if isinstance(want, float) else float(want(t))
+            assert got(t) == pytest.approx(expected, rel=1e-5, abs=1e-7), (name, t)
+
+
+def test_bench_accuracy_smoke(tmp_path, capsys):
+    import importlib.util
+
+    import pytest
+
+    if not MNIST_DIR.is_dir():
+        pytest.skip("../shared/data/mnist not available")
+    bench = _load("bench_accuracy")
+    fws = ["jaxreg"] + [fw for fw in ("torch", "keras") if importlib.util.find_spec(fw)]
+    results = tmp_path / "accuracy.json"
+    # a recipe without BatchNorm and EMA: their running averages need more than 16 steps
+    spec = "augmentation=0.5+dropout=0.3+label_smoothing=0.1+l2"
+    argv = ["--task", "mnist", "--framework", *fws, "--config", spec, "none"]
+    argv += ["--epochs", "2", "--train-size", "1024", "--results", str(results)]
+    new = bench.main(argv)
+    assert [(r["framework"], r["config"]) for r in new] == [
+        (fw, c) for c in ("recipe", "none") for fw in fws
+    ]
+    for r in new:
+        assert r["test_acc"] > 0.3, r  # 16 steps of Adam on 1,024 digits; chance is 0.1
+        assert r["seconds"] > 0 and r["machine"]["cores"] >= 1
+    assert json.loads(results.read_text()) == json.loads(json.dumps(new))
+    recipe = next(r for r in new if r["framework"] == "jaxreg" and r["config"] == "recipe")
+    assert f'--configs "{spec}"' in recipe["command"] and recipe["spec"] == spec
+    assert bench.main(["--plot", "--results", str(results)]) == json.loads(results.read_text())
+    assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 0

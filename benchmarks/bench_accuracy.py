@@ -1,0 +1,580 @@
+"""Accuracy per CPU-minute on real data: jaxreg's recipes against PyTorch and Keras 3.
+
+Each task is a dataset, a model and a regularization recipe (the README's
+"Results" section). ``--framework jaxreg`` runs the ``jaxreg compare`` command
+the README quotes (the same code path as the command line); ``torch`` (PyTorch
+eager, 2 threads, channels-last) and ``keras`` (Keras 3 on the jax backend,
+``model.fit``) train the same network with the same recipe on the same split:
+
+* data: :func:`jaxreg.experiments.runner.prepare` (same seeded split, [0, 1] pixels);
+* augmentation: random translation by up to ``round(strength * H / 8)`` pixels
+  (reflect padding and horizontal flips for natural images, zero padding else);
+* dropout, batch norm (momentum 0.9 in flax's convention), label smoothing, L2 on
+  conv/dense kernels (``l2 * ||w||^2 / 2``), parameter EMA, mirrored test views;
+* optimizer and schedule (Adam or SGD with Nesterov momentum 0.9; constant,
+  cosine or triangle), batch size, epochs.
+
+Known differences: each framework keeps its default initialisers; Keras's EMA
+(``SGD(use_ema=True)``) averages the trainable weights only, without jaxreg's
+warm-up, and ``model.fit`` also trains on the last partial batch; PyTorch's EMA
+follows jaxreg (warm-up ``min(decay, (1 + t) / (10 + t))``, batch statistics
+averaged too). ``seconds`` is the wall time from the prepared data to the end:
+compilation, training and the final evaluation of the train and test splits
+(what ``jaxreg compare`` reports). A task with ``retain_memory`` calls
+:func:`jaxreg.cpu.retain_freed_memory` once for the whole process, so every
+framework of the invocation runs with it.
+
+    python benchmarks/bench_accuracy.py --task mnist --framework torch
+    python benchmarks/bench_accuracy.py --task cifar10 --framework jaxreg torch
+    python benchmarks/bench_accuracy.py --plot
+
+Each run appends one record to ``--results`` (default
+``benchmarks/results/accuracy.json``); ``--plot`` draws test accuracy against wall
+time for every task and framework from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+RESULTS = HERE / "results" / "accuracy.json"
+
+#: task -> the settings of ``jaxreg compare`` (and of the peers).
+TASKS = {
+    "mnist": {
+        "dataset": "mnist",
+        "data_dir": DATA / "mnist",
+        "model": "cnn",
+        "fields": {},
+        "recipe": "augmentation=0.5+dropout=0.3+label_smoothing=0.1+batchnorm+ema",
+        "epochs": 40,
+        "batch_size": 128,
+        "lr": 3e-3,
+        "optimizer": "adam",
+        "schedule": "cosine",
+        "val_fraction": 0.02,
+        "tta": False,
+        "retain_memory": False,
+    },
+    "cifar10": {
+        "dataset": "cifar10",
+        "data_dir": DATA / "cifar10-jpeg",
+        "model": "airbench",
+        "fields": {"widths": (32, 128, 128)},
+        "recipe": "augmentation=0.5+label_smoothing=0.2+l2=5e-4+ema",
+        "epochs": 12,
+        "batch_size": 512,
+        "lr": 0.4,
+        "optimizer": "sgd",
+        "schedule": "triangle",
+        "val_fraction": 0.0,
+        "tta": True,
+        "retain_memory": True,
+    },
+}
+FRAMEWORKS = ("jaxreg", "torch", "keras")
+
+
+def cli_args(task: dict, config: str, seed: int, out: Path) -> list[str]:
+    """The ``jaxreg compare`` arguments of one task and config."""
+    args = [
+        "compare", "--dataset", task["dataset"], "--data-dir", str(task["data_dir"]),
+        "--model", task["model"], "--configs", config, "--epochs", str(task["epochs"]),
+        "--batch-size", str(task["batch_size"]), "--lr", str(task["lr"]),
+        "--optimizer", task["optimizer"], "--schedule", task["schedule"],
+        "--val-fraction", str(task["val_fraction"]), "--seed", str(seed),
+        "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    if task.get("train_size"):
+        args += ["--train-size", str(task["train_size"])]
+    for name, value in task["fields"].items():
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        args += ["--model-field", f"{name}={text}"]
+    if task["tta"] and config != "none":
+        args.append("--tta")
+    if task["retain_memory"]:
+        args.append("--retain-memory")
+    return args
+
+
+def portable(argv: list[str]) -> str:
+    """``jaxreg ...`` as typed from the repository root: data paths relative, no ``--out``."""
+    out, skip = ["jaxreg"], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        if i > 0 and argv[i - 1] == "--data-dir":
+            a = os.path.relpath(a, HERE.parent)
+        out.append(a if a and all(c not in a for c in " +=") else f'"{a}"')
+    return " ".join(out)
+
+
+def run_jaxreg(task: dict, config: str, seed: int, out: Path) -> dict:
+    from jaxreg.cli import main
+
+    args = cli_args(task, config, seed, out)
+    if main(args) != 0:
+        raise RuntimeError(f"jaxreg {' '.join(args)} failed")
+    r = json.loads((out / "results.json").read_text())["results"][0]
+    return {
+        "test_acc": r["test_acc"],
+        "train_acc": r["train_acc"],
+        "seconds": r["seconds"],
+        "command": portable(args),
+    }
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def _prepared(task: dict, seed: int):
+    from jaxreg.experiments import runner
+
+    data = runner.prepare(
+        task["dataset"],
+        data_dir=str(task["data_dir"]),
+        seed=seed,
+        train_size=task.get("train_size"),
+        val_fraction=task["val_fraction"],
+    )
+    host = lambda split: (np.array(split[0]), np.array(split[1]))  # writable copies
+    return data.name in runner.NATURAL_IMAGES, host(data.train), host(data.test), data.num_classes
+
+
+def _schedule(lr: float, schedule: str, total: int):
+    """The runner's schedules as a plain function of the step."""
+    peak = max(1, total // 4)
+
+    def rate(step: int) -> float:
+        if schedule == "constant":
+            return lr
+        if schedule == "cosine":
+            return lr * 0.5 * (1 + np.cos(np.pi * min(step, total) / total))
+        if step < peak:
+            return lr * (0.2 + 0.8 * step / peak)
+        return lr * max(0.0, 1 - (step - peak) / max(1, total - peak))
+
+    return rate
+
+
+def _recipe(config: str) -> dict:
+    from jaxreg.experiments.configs import parse_config
+
+    reg = parse_config(config).active()
+    unsupported = set(reg) - {
+        "augmentation",
+        "dropout",
+        "batchnorm",
+        "label_smoothing",
+        "l2",
+        "ema",
+    }
+    if unsupported:
+        raise ValueError(f"the peers do not implement {sorted(unsupported)}")
+    return reg
+
+
+def run_torch(task: dict, config: str, seed: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(2)
+    torch.manual_seed(seed)
+    reg = _recipe(config)
+    natural, (x, y), (xt, yt), k = _prepared(task, seed)
+    t0 = time.perf_counter()  # like jaxreg's figure: from prepared data to the final evaluation
+    bn = task["model"] == "airbench" or bool(reg.get("batchnorm"))
+    c_in = x.shape[-1]
+
+    def norm(c, dims=2):
+        return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(c, momentum=0.1, eps=1e-5)
+
+    if task["model"] == "airbench":
+        widths = task["fields"].get("widths", (64, 256, 256))
+        layers, prev = [nn.Conv2d(c_in, 24, 2), nn.ReLU()], 24
+        for w in widths:
+            layers += [nn.Conv2d(prev, w, 3, padding=1, bias=False), nn.MaxPool2d(2), norm(w)]
+            layers += [nn.ReLU(), nn.Conv2d(w, w, 3, padding=1, bias=False), norm(w), nn.ReLU()]
+            prev = w
+        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(prev, k, bias=False)]
+        body, scale = nn.Sequential(*layers), 1.0 / 9.0
+    elif task["model"] == "cnn":
+        layers, prev = [], c_in
+        for w in (32, 64):
+            layers += [nn.Conv2d(prev, w, 3, padding=1, bias=not bn)]
+            layers += ([norm(w)] if bn else []) + [nn.ReLU(), nn.MaxPool2d(2)]
+            prev = w
+        flat = 64 * (x.shape[1] // 4) * (x.shape[2] // 4)
+        layers += [nn.Flatten(), nn.Linear(flat, 128, bias=not bn)]
+        layers += ([norm(128, 1)] if bn else []) + [nn.ReLU(), nn.Dropout(reg.get("dropout", 0.0))]
+        layers += [nn.Linear(128, k)]
+        body, scale = nn.Sequential(*layers), 1.0
+    else:
+        raise ValueError(f"no PyTorch network for model {task['model']!r}")
+    model = body.to(memory_format=torch.channels_last)
+    forward = (lambda v: model(v) * scale) if scale != 1.0 else model
+    kernels = [p for n, p in model.named_parameters() if p.ndim > 1]
+    others = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    l2 = reg.get("l2", 0.0)
+    groups = [{"params": kernels, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
+    steps_per_epoch = x.shape[0] // task["batch_size"]
+    total = task["epochs"] * steps_per_epoch
+    rate = _schedule(task["lr"], task["schedule"], total)
+    if task["optimizer"] == "sgd":
+        opt = torch.optim.SGD(groups, lr=rate(0), momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.Adam(groups, lr=rate(0))
+    ema_decay = reg.get("ema")
+    ema = {n: v.detach().clone() for n, v in model.state_dict().items()} if ema_decay else None
+    pad = max(1, round(reg["augmentation"] * x.shape[1] / 8)) if "augmentation" in reg else 0
+    smoothing = reg.get("label_smoothing", 0.0)
+
+    def to_torch(a):
+        return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+    xs, ys = to_torch(x), torch.from_numpy(y.astype(np.int64))
+    gen = np.random.default_rng(seed)
+
+    def augment(batch):
+        n, _, h, w = batch.shape
+        padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect" if natural else "constant")
+        dy = torch.from_numpy(gen.integers(0, 2 * pad + 1, n))
+        dx = torch.from_numpy(gen.integers(0, 2 * pad + 1, n))
+        rows = dy[:, None] + torch.arange(h)[None]
+        cols = dx[:, None] + torch.arange(w)[None]
+        if natural:  # mirror half of the images
+            flip = torch.from_numpy(gen.random(n) < 0.5)
+            cols = torch.where(flip[:, None], cols.flip(1), cols)
+        out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+    step = 0
+    for _ in range(task["epochs"]):
+        model.train()
+        perm = torch.from_numpy(gen.permutation(x.shape[0]))
+        for i in range(steps_per_epoch):
+            idx = perm[i * task["batch_size"] : (i + 1) * task["batch_size"]]
+            xb, yb = xs[idx], ys[idx]
+            if pad:
+                xb = augment(xb)
+            for g in opt.param_groups:
+                g["lr"] = rate(step)
+            loss = F.cross_entropy(forward(xb), yb, label_smoothing=smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                d = min(ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for n, v in model.state_dict().items():
+                        if v.dtype.is_floating_point:
+                            ema[n].mul_(d).add_(v, alpha=1 - d)
+                        else:
+                            ema[n].copy_(v)
+            step += 1
+    if ema is not None:
+        model.load_state_dict(ema)
+    model.eval()
+
+    @torch.no_grad()
+    def accuracy(a, labels):
+        correct = 0
+        for i in range(0, a.shape[0], 1000):
+            xb = to_torch(a[i : i + 1000])
+            logits = forward(xb)
+            if task["tta"] and config != "none":
+                logits = (logits + forward(xb.flip(3))) / 2
+            correct += int((logits.argmax(1).numpy() == labels[i : i + 1000]).sum())
+        return correct / a.shape[0]
+
+    test_acc, train_acc = accuracy(xt, yt), accuracy(x, y)
+    return {
+        "test_acc": test_acc,
+        "train_acc": train_acc,
+        "seconds": time.perf_counter() - t0,
+        "versions": {"torch": torch.__version__},
+    }
+
+
+def run_keras(task: dict, config: str, seed: int) -> dict:
+    import jax
+
+    with jax.numpy_rank_promotion("allow"):  # Keras relies on implicit rank promotion
+        return _run_keras(task, config, seed)
+
+
+def _run_keras(task: dict, config: str, seed: int) -> dict:
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    reg = _recipe(config)
+    natural, (x, y), (xt, yt), k = _prepared(task, seed)
+    t0 = time.perf_counter()
+    bn = task["model"] == "airbench" or bool(reg.get("batchnorm"))
+    l2 = reg.get("l2", 0.0)
+    kr = keras.regularizers.L2(l2 / 2) if l2 else None  # keras: l * sum(w^2)
+
+    def norm():
+        return [layers.BatchNormalization(momentum=0.9, epsilon=1e-5)] if bn else []
+
+    inputs = keras.Input(x.shape[1:])
+    h = inputs
+    if "augmentation" in reg:
+        pad = max(1, round(reg["augmentation"] * x.shape[1] / 8))
+        fill = "reflect" if natural else "constant"
+        if natural:
+            h = layers.RandomFlip("horizontal", seed=seed)(h)
+        h = layers.RandomTranslation(
+            pad / x.shape[1], pad / x.shape[2], fill_mode=fill, interpolation="nearest", seed=seed
+        )(h)
+    if task["model"] == "airbench":
+        h = layers.Conv2D(24, 2, padding="valid", activation="relu", kernel_regularizer=kr)(h)
+        for w in task["fields"].get("widths", (64, 256, 256)):
+            h = layers.Conv2D(w, 3, padding="same", use_bias=False, kernel_regularizer=kr)(h)
+            h = layers.MaxPooling2D(2)(h)
+            h = layers.ReLU()(norm()[0](h))
+            h = layers.Conv2D(w, 3, padding="same", use_bias=False, kernel_regularizer=kr)(h)
+            h = layers.ReLU()(norm()[0](h))
+        h = layers.GlobalMaxPooling2D()(h)
+        h = layers.Dense(k, use_bias=False, kernel_regularizer=kr)(h)
+        outputs = layers.Rescaling(1.0 / 9.0)(h)
+    elif task["model"] == "cnn":
+        for w in (32, 64):
+            h = layers.Conv2D(w, 3, padding="same", use_bias=not bn, kernel_regularizer=kr)(h)
+            for layer in [*norm(), layers.ReLU(), layers.MaxPooling2D(2)]:
+                h = layer(h)
+        h = layers.Dense(128, use_bias=not bn, kernel_regularizer=kr)(layers.Flatten()(h))
+        for layer in [*norm(), layers.ReLU(), layers.Dropout(reg.get("dropout", 0.0))]:
+            h = layer(h)
+        outputs = layers.Dense(k, kernel_regularizer=kr)(h)
+    else:
+        raise ValueError(f"no Keras network for model {task['model']!r}")
+    model = keras.Model(inputs, outputs)
+    steps_per_epoch = -(-x.shape[0] // task["batch_size"])  # fit trains the partial batch too
+
+    class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            total = task["epochs"] * steps_per_epoch
+            s = keras.ops.cast(step, "float32")
+            if task["schedule"] == "constant":
+                return keras.ops.convert_to_tensor(task["lr"], "float32")
+            if task["schedule"] == "cosine":
+                return (
+                    task["lr"]
+                    * 0.5
+                    * (1 + keras.ops.cos(np.pi * keras.ops.minimum(s, total) / total))
+                )
+            peak = max(1, total // 4)
+            up = task["lr"] * (0.2 + 0.8 * s / peak)
+            down = task["lr"] * keras.ops.maximum(0.0, 1 - (s - peak) / max(1, total - peak))
+            return keras.ops.where(s < peak, up, down)
+
+    ema = reg.get("ema")
+    kw = {"use_ema": True, "ema_momentum": ema} if ema else {}
+    if task["optimizer"] == "sgd":
+        opt = keras.optimizers.SGD(Schedule(), momentum=0.9, nesterov=True, **kw)
+    else:
+        opt = keras.optimizers.Adam(Schedule(), **kw)
+    smoothing = reg.get("label_smoothing", 0.0)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+    model.compile(optimizer=opt, loss=loss)
+    onehot = np.eye(k, dtype=np.float32)[y]
+    model.fit(x, onehot, batch_size=task["batch_size"], epochs=task["epochs"], verbose=0)
+    if ema:
+        opt.finalize_variable_values(model.trainable_variables)
+
+    def accuracy(a, labels):
+        logits = model.predict(a, batch_size=1000, verbose=0)
+        if task["tta"] and config != "none":
+            logits = (logits + model.predict(a[:, :, ::-1], batch_size=1000, verbose=0)) / 2
+        return float((logits.argmax(1) == labels).mean())
+
+    test_acc, train_acc = accuracy(xt, yt), accuracy(x, y)
+    return {
+        "test_acc": test_acc,
+        "train_acc": train_acc,
+        "seconds": time.perf_counter() - t0,
+        "versions": {"keras": keras.__version__},
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict:
+    import jax
+
+    from jaxreg.experiments.report import cpu_model
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+    }
+
+
+def plot(records: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in records})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    colors = {"jaxreg": "tab:blue", "torch": "tab:orange", "keras": "tab:green"}
+    for ax, name in zip(axes[0], tasks, strict=True):
+        for r in (r for r in records if r["task"] == name):
+            base = r["config"] == "none"
+            ax.scatter(
+                r["seconds"] / 60,
+                100 * r["test_acc"],
+                marker="o" if not base else "s",
+                facecolors="none" if base else colors[r["framework"]],
+                edgecolors=colors[r["framework"]],
+                s=40,
+            )
+        for fw, c in colors.items():
+            ax.scatter([], [], color=c, label=fw)
+        ax.scatter(
+            [], [], marker="s", facecolors="none", edgecolors="gray", label="no regularization"
+        )
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("wall time (min, 2-core CPU)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _without_results(argv: list[str]) -> list[str]:
+    """The benchmark's arguments minus ``--results PATH`` (a machine path)."""
+    out = list(argv)
+    if "--results" in out:
+        i = out.index("--results")
+        del out[i : i + 2]
+    return out
+
+
+def recorded(task: str, path: Path) -> list[dict]:
+    """Records of the configs of one ``jaxreg compare`` run from its ``results.json``."""
+    run = json.loads(Path(path).read_text())
+    if run.get("command") != "compare":
+        raise ValueError(f"{path}: not a `jaxreg compare` results.json")
+    out = []
+    for r in run["results"]:
+        out.append(
+            {
+                "task": task,
+                "framework": "jaxreg",
+                "config": "none" if r["config"] == "none" else "recipe",
+                "spec": r["config"],
+                "seed": run["settings"]["seed"],
+                "epochs": run["settings"]["epochs"],
+                "train_size": run["settings"].get("train_size"),
+                "test_acc": r["test_acc"],
+                "train_acc": r["train_acc"],
+                "seconds": r["seconds"],
+                "command": portable(run["argv"]),
+                "machine": run["machine"],
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", choices=sorted(TASKS), default=None)
+    ap.add_argument("--framework", nargs="+", choices=FRAMEWORKS, default=["jaxreg"])
+    ap.add_argument(
+        "--config", nargs="+", default=["recipe"], help="recipe (the task's) and/or none"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=None, help="override (smoke tests)")
+    ap.add_argument("--train-size", type=int, default=None, help="override (smoke tests)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--plot", action="store_true", help="draw accuracy_vs_time.png and exit")
+    ap.add_argument(
+        "--record",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="append the runs of these `jaxreg compare` results.json files (for --task) and exit",
+    )
+    args = ap.parse_args(argv)
+    stored = json.loads(args.results.read_text()) if args.results.exists() else []
+    if args.plot:
+        print(plot(stored, args.results.with_name("accuracy_vs_time.png")))
+        return stored
+    if args.task is None:
+        ap.error("--task is required unless --plot")
+    if args.record:
+        new = [rec for path in args.record for rec in recorded(args.task, path)]
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(stored + new, indent=1) + "\n")
+        return new
+    task = dict(TASKS[args.task])
+    if args.epochs is not None:
+        task["epochs"] = args.epochs
+    if args.train_size is not None:
+        task["train_size"] = args.train_size
+    if task["retain_memory"]:  # process-wide: every framework of this run gets it
+        from jaxreg.cpu import retain_freed_memory
+
+        retain_freed_memory()
+    new = []
+    for config in args.config:
+        spec = task["recipe"] if config == "recipe" else config
+        for fw in args.framework:
+            out = args.results.parent / f"{args.task}-{fw}-{config}-seed{args.seed}"
+            if fw == "jaxreg":
+                r = run_jaxreg(task, spec, args.seed, out)
+            else:
+                r = (run_torch if fw == "torch" else run_keras)(task, spec, args.seed)
+            record = {
+                "task": args.task,
+                "framework": fw,
+                "config": "none" if spec == "none" else "recipe",
+                "spec": spec,
+                "seed": args.seed,
+                "epochs": task["epochs"],
+                "train_size": task.get("train_size"),
+                **r,
+                "machine": machine(),
+                "argv": _without_results(sys.argv[1:] if argv is None else argv),
+            }
+            print(
+                f"{args.task} {fw:6s} {record['config']:6s} test {r['test_acc']:.4f} "
+                f"train {r['train_acc']:.4f} {r['seconds']:.0f} s",
+                flush=True,
+            )
+            new.append(record)
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(stored + new, indent=1) + "\n")
+    return new
+
+
+if __name__ == "__main__":
+    main()

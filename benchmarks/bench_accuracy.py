@@ -190,6 +190,17 @@ def _recipe(config: str) -> dict:
     return reg
 
 
+def _finish(accuracy, train, test, t0: float, versions: dict) -> dict:
+    """A peer's record: final test and train accuracy, wall time since ``t0``."""
+    test_acc, train_acc = accuracy(*test), accuracy(*train)
+    return {
+        "test_acc": test_acc,
+        "train_acc": train_acc,
+        "seconds": time.perf_counter() - t0,
+        "versions": versions,
+    }
+
+
 def run_torch(task: dict, config: str, seed: int) -> dict:
     import torch
     import torch.nn.functional as F
@@ -304,13 +315,7 @@ def run_torch(task: dict, config: str, seed: int) -> dict:
             correct += int((logits.argmax(1).numpy() == labels[i : i + 1000]).sum())
         return correct / a.shape[0]
 
-    test_acc, train_acc = accuracy(xt, yt), accuracy(x, y)
-    return {
-        "test_acc": test_acc,
-        "train_acc": train_acc,
-        "seconds": time.perf_counter() - t0,
-        "versions": {"torch": torch.__version__},
-    }
+    return _finish(accuracy, (x, y), (xt, yt), t0, {"torch": torch.__version__})
 
 
 def run_keras(task: dict, config: str, seed: int) -> dict:
@@ -407,13 +412,7 @@ def _run_keras(task: dict, config: str, seed: int) -> dict:
             logits = (logits + model.predict(a[:, :, ::-1], batch_size=1000, verbose=0)) / 2
         return float((logits.argmax(1) == labels).mean())
 
-    test_acc, train_acc = accuracy(xt, yt), accuracy(x, y)
-    return {
-        "test_acc": test_acc,
-        "train_acc": train_acc,
-        "seconds": time.perf_counter() - t0,
-        "versions": {"keras": keras.__version__},
-    }
+    return _finish(accuracy, (x, y), (xt, yt), t0, {"keras": keras.__version__})
 
 
 # --------------------------------------------------------------------------- report

@@ -81,7 +81,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--optimizer",
         choices=runner.OPTIMIZERS,
         default="adam",
-        help="adam, or sgd with Nesterov momentum 0.9 (default adam)",
+        help="adam, or sgd with Nesterov momentum (default adam)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=0.9,
+        help="sgd's Nesterov momentum, in [0, 1) (default 0.9)",
     )
     p.add_argument(
         "--schedule",
@@ -161,9 +167,11 @@ def _number(text: str) -> int | float:
 
 
 def _model_fields(items: list[str], model: str) -> dict:
-    """``["widths=32,128,128", "scale=0.1"]`` -> ``{"widths": (32, 128, 128), "scale": 0.1}``."""
-    fields = {f.name for f in dataclasses.fields(MODELS[model])}
-    fields -= {"parent", "name", "num_classes", "dropout", "batch_norm"}
+    """``["widths=32,128,128", "scale=0.1"]`` -> ``{"widths": (32, 128, 128), "scale": 0.1}``;
+    fields whose default is a string (``activation=relu``) keep the text."""
+    defaults = {f.name: f.default for f in dataclasses.fields(MODELS[model])}
+    fields = set(defaults) - {"parent", "name", "num_classes", "dropout", "batch_norm"}
+    fields -= {"whitening"}  # computed from the training images
     out = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -173,6 +181,9 @@ def _model_fields(items: list[str], model: str) -> dict:
                 f"--model-field must be NAME=VALUE with NAME one of {', '.join(sorted(fields))} "
                 f"(model {model}), got {item!r}"
             )
+        if isinstance(defaults[name], str):
+            out[name] = text.strip()
+            continue
         try:
             values = tuple(_number(v) for v in text.split(","))
         except ValueError:
@@ -229,6 +240,7 @@ def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
         "learning_rate": args.lr,
         "schedule": args.schedule,
         "optimizer": args.optimizer,
+        "momentum": args.momentum,
         "tta": args.tta,
         "seed": args.seed,
         "model_fields": _model_fields(args.model_field, model),

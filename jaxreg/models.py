@@ -29,14 +29,28 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jaxreg.functional import conv_general_dilated
 from jaxreg.nn import Dropout
 
-__all__ = ["CNN1D", "MLP", "MLP1D", "MODELS", "Airbench", "ResNet", "SmallCNN", "get_model"]
+__all__ = [
+    "CNN1D",
+    "MLP",
+    "MLP1D",
+    "MODELS",
+    "Airbench",
+    "ResNet",
+    "SmallCNN",
+    "Whitening",
+    "get_model",
+    "whitening_init",
+]
 
 
 def _norm_relu(x: jax.Array, batch_norm: bool, train: bool) -> jax.Array:
@@ -149,17 +163,119 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-class Airbench(nn.Module):
-    """The small fast CIFAR net of airbench (Jordan 2024, "94% on CIFAR-10 in 3.29
-    seconds"), without its frozen whitening initialisation.
+class Whitening(NamedTuple):
+    """A frozen whitening stem for :class:`Airbench` (from :func:`whitening_init`):
+    the conv kernel ``(k, k, C, 2 k^2 C)`` and the initial bias, as flat tuples of
+    floats (hashable, so a module holding one stays a static jit argument)."""
 
-    A 2x2 VALID conv stem (``stem`` channels, bias, relu: 32x32 -> 31x31); then per
-    width two convs, conv3x3-maxpool2-BN-relu and conv3x3-BN-relu (no residual:
-    31 -> 15 -> 7 -> 3); global max pooling, dropout, a bias-free dense layer whose
-    logits are multiplied by ``scale`` (airbench's 1/9: small logits early on suit
-    the large SGD rates of its recipe). ``widths=(64, 256, 256)`` is airbench94's
-    net; ``(32, 128, 128)`` needs about a quarter of its FLOPs. Batch norm is
-    always on (``batch_norm=False`` raises ``ValueError``).
+    kernel: tuple[float, ...]
+    bias: tuple[float, ...]
+    shape: tuple[int, int, int, int]
+
+
+def whitening_init(images: Any, *, patch: int = 2, eps: float = 5e-4) -> Whitening:
+    """airbench's whitening stem from training images: PCA of their ``patch x patch``
+    patches.
+
+    Each of the ``d = patch^2 C`` eigenvectors ``v`` of the patch covariance gives
+    the filters ``+-v / sqrt(lambda + eps * mean(lambda))``: the stem's outputs are
+    the patches in the decorrelated, unit-variance PCA basis (both signs, so a
+    following relu or gelu keeps all of it). The bias starts at ``-W^T mean``, which
+    centres the outputs (airbench normalizes the images instead; the bias stays
+    trainable). ``eps`` is relative to the mean eigenvalue (airbench's ``5e-4`` on
+    standardized images).
+
+    Args:
+      images: ``(N, H, W, C)`` float images as the model sees them (a few thousand
+        are plenty: 5,000 CIFAR-10 images give 4.8M patches).
+      patch: the stem's kernel size.
+      eps: regularizes the small eigenvalues.
+
+    Returns:
+      a :class:`Whitening` for ``Airbench(whitening=...)``.
+
+    Example:
+      >>> w = whitening_init(np.random.default_rng(0).random((8, 6, 6, 3)))
+      >>> w.shape
+      (2, 2, 3, 24)
+    """
+    x = np.asarray(images, np.float64)
+    if x.ndim != 4 or x.shape[1] < patch or x.shape[2] < patch:
+        raise ValueError(
+            f"whitening_init: images must be (N, H, W, C) with H, W >= patch={patch}, "
+            f"got shape {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise ValueError("whitening_init: images contain NaN or inf")
+    _, h, w, c = x.shape
+    rows, cols = h - patch + 1, w - patch + 1
+    patches = np.concatenate(
+        [x[:, i : i + rows, j : j + cols] for i in range(patch) for j in range(patch)], axis=-1
+    ).reshape(-1, patch * patch * c)  # features ordered (i, j, c) like an HWIO kernel
+    mean = patches.mean(axis=0)
+    centred = patches - mean
+    cov = centred.T @ centred / max(1, centred.shape[0] - 1)
+    lam, vec = np.linalg.eigh(cov)
+    lam, vec = lam[::-1], vec[:, ::-1]  # largest variance first
+    filters = vec / np.sqrt(np.maximum(lam, 0.0) + eps * max(float(lam.mean()), 1e-12))
+    kernel = np.concatenate([filters, -filters], axis=1)
+    bias = -mean @ kernel
+    shape = (patch, patch, c, kernel.shape[1])
+    return Whitening(
+        tuple(kernel.astype(np.float32).ravel().tolist()),
+        tuple(bias.astype(np.float32).tolist()),
+        shape,
+    )
+
+
+def _dirac_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """lecun-normal, except that the first ``min(C_in, C_out)`` filters are the
+    identity (airbench's implicit residual: a conv starts as a copy of its input)."""
+    w = nn.initializers.lecun_normal()(key, shape, dtype)
+    n = min(shape[-2], shape[-1])
+    idx = jnp.arange(n)
+    w = w.at[..., :n].set(0.0)
+    return w.at[shape[0] // 2, shape[1] // 2, idx, idx].set(1.0)
+
+
+class _ShiftNorm(nn.Module):
+    """airbench's batch norm: no learned scale (fixed at 1), momentum 0.6, eps 1e-12,
+    and the shift stored divided by ``bias_scale`` (SGD then moves it
+    ``bias_scale^2`` times faster, airbench's 64x learning rate for these biases)."""
+
+    bias_scale: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.6,
+            epsilon=1e-12,
+            use_scale=False,
+            use_bias=False,
+        )(x)
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        return x + self.bias_scale * bias.reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+class Airbench(nn.Module):
+    """The small fast CIFAR net of airbench94 (Jordan 2024, "94% on CIFAR-10 in 3.29
+    seconds").
+
+    A 2x2 VALID conv stem (``stem`` channels, bias, activation: 32x32 -> 31x31);
+    then per width two convs, conv3x3-maxpool2-BN-act and conv3x3-BN-act (no
+    residual: 31 -> 15 -> 7 -> 3); global max pooling, dropout, a bias-free dense
+    layer whose logits are multiplied by ``scale`` (airbench's 1/9: small logits
+    early on suit the large SGD rates of its recipe). ``widths=(64, 256, 256)`` is
+    airbench94's net; ``(32, 128, 128)`` needs about a quarter of its FLOPs.
+
+    airbench's training tricks that live in the net: ``whitening`` (from
+    :func:`whitening_init` on training images) makes the stem a frozen PCA
+    whitening of 2x2 patches (a constant, not a parameter; only its bias trains);
+    the 3x3 convs start as identities on their first channels; batch norm has no
+    scale, momentum 0.6 and its shift multiplied by ``bias_scale`` (8: a 64x SGD
+    rate for the shifts); ``activation`` is ``"gelu"`` (airbench) or ``"relu"``.
+    Batch norm is always on (``batch_norm=False`` raises ``ValueError``).
     """
 
     num_classes: int = 10
@@ -168,16 +284,45 @@ class Airbench(nn.Module):
     scale: float = 1.0 / 9.0
     dropout: float | jax.Array = 0.0
     batch_norm: bool = True
+    whitening: Whitening | None = None
+    activation: str = "gelu"
+    bias_scale: float = 8.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.batch_norm is not True:
             raise ValueError("Airbench: batch norm is always on; batch_norm=False is unsupported.")
-        x = nn.relu(_conv(self.stem, (2, 2), False, padding="VALID")(x))
+        acts = {"gelu": nn.gelu, "relu": nn.relu}
+        if self.activation not in acts:
+            raise ValueError(
+                f"Airbench: activation must be 'gelu' or 'relu', got {self.activation!r}"
+            )
+        act = acts[self.activation]
+        w = self.whitening
+        if w is None:
+            x = _conv(self.stem, (2, 2), False, padding="VALID")(x)
+        else:
+            if w.shape[-1] != self.stem or w.shape[2] != x.shape[-1]:
+                raise ValueError(
+                    f"Airbench: whitening kernel {w.shape} does not fit stem={self.stem} "
+                    f"channels and {x.shape[-1]} input channels"
+                )
+            kernel = jnp.asarray(np.asarray(w.kernel, np.float32).reshape(w.shape))
+            bias = self.param("stem_bias", lambda _: jnp.asarray(w.bias, jnp.float32))
+            x = CONV(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x = x + bias.reshape(1, 1, 1, -1)
+        x = act(x)
         for width in self.widths:
-            x = _conv(width, (3, 3), True, padding="SAME")(x)
-            x = _norm_relu(_max_pool2(x), True, train)
-            x = _norm_relu(_conv(width, (3, 3), True, padding="SAME")(x), True, train)
+            conv = lambda width=width: nn.Conv(
+                width,
+                (3, 3),
+                use_bias=False,
+                padding="SAME",
+                kernel_init=_dirac_init,
+                conv_general_dilated=CONV,
+            )
+            x = act(_ShiftNorm(self.bias_scale)(_max_pool2(conv()(x)), train))
+            x = act(_ShiftNorm(self.bias_scale)(conv()(x), train))
         x = x.max(axis=(1, 2))
         x = Dropout(self.dropout)(x, deterministic=not train)
         return self.scale * nn.Dense(self.num_classes, use_bias=False)(x)

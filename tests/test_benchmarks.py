@@ -168,3 +168,116 @@ def test_bench_accuracy_smoke(tmp_path, capsys):
     assert f'--configs "{spec}"' in recipe["command"] and recipe["spec"] == spec
     assert bench.main(["--plot", "--results", str(results)]) == json.loads(results.read_text())
     assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 0
+
+
+def _peer_airbench_case():
+    """Small correlated images, jaxreg's Airbench on them (BN shifts made non-zero),
+    and its eval-mode logits."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxreg.models import Airbench, whitening_init
+
+    rng = np.random.default_rng(0)
+    base = rng.random((8, 13, 13, 1))
+    x = np.clip(base[:, 1:, 1:] + 0.2 * rng.random((8, 12, 12, 3)), 0, 1).astype(np.float32)
+    model = Airbench(widths=(4, 8), whitening=whitening_init(x))
+    variables = model.init(jax.random.key(0), jnp.asarray(x), train=False)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 0.1 if "_ShiftNorm" in jax.tree_util.keystr(p) else v,
+        variables["params"],
+    )
+    variables = {**variables, "params": params}
+    return x, params, np.asarray(model.apply(variables, jnp.asarray(x), train=False))
+
+
+def test_bench_accuracy_torch_airbench_is_jaxregs_net():
+    """The PyTorch peer's Airbench computes jaxreg's logits given jaxreg's weights;
+    its whitening kernel is frozen and computed from the same images."""
+    import numpy as np
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    bench = _load("bench_accuracy")
+    x, params, want = _peer_airbench_case()
+    body, scale = bench._torch_airbench({"fields": {"widths": (4, 8)}}, x, 3, 10)
+    stem = body[0]
+    assert not stem.weight.requires_grad and stem.bias.requires_grad
+    convs = [m for m in body if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    eye = convs[1].weight.detach().numpy()[:, :, 1, 1]  # 4 -> 8: first 4 filters identity
+    np.testing.assert_array_equal(eye[:4, :4], np.eye(4))
+    shifts = [m for m in body if hasattr(m, "norm")]
+    with torch.no_grad():
+        for i, c in enumerate(convs):
+            c.weight.copy_(
+                torch.from_numpy(
+                    np.asarray(params[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1).copy()
+                )
+            )
+        for i, s in enumerate(shifts):
+            s.bias.copy_(torch.from_numpy(np.array(params[f"_ShiftNorm_{i}"]["bias"])))
+        stem.bias.copy_(torch.from_numpy(np.array(params["stem_bias"])))
+        body[-1].weight.copy_(torch.from_numpy(np.array(params["Dense_0"]["kernel"]).T.copy()))
+        body.eval()
+        got = body(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy() * scale
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_accuracy_keras_airbench_is_jaxregs_net():
+    import jax
+    import numpy as np
+    import pytest
+
+    keras = pytest.importorskip("keras")
+    bench = _load("bench_accuracy")
+    x, params, want = _peer_airbench_case()
+    with jax.numpy_rank_promotion("allow"):
+        inputs = keras.Input(x.shape[1:])
+        model = keras.Model(
+            inputs, bench._keras_airbench({"fields": {"widths": (4, 8)}}, x, inputs, 10, None)
+        )
+        convs = [lay for lay in model.layers if isinstance(lay, keras.layers.Conv2D)]
+        shifts = [lay for lay in model.layers if type(lay).__name__ == "Shift"]
+        (whiten,) = [lay for lay in model.layers if type(lay).__name__ == "Whiten"]
+        assert len(whiten.trainable_weights) == 1  # the bias; the kernel is a constant
+        for i, c in enumerate(convs):
+            c.kernel.assign(np.asarray(params[f"Conv_{i}"]["kernel"]))
+        for i, s in enumerate(shifts):
+            s.bias.assign(np.asarray(params[f"_ShiftNorm_{i}"]["bias"]))
+        whiten.bias.assign(np.asarray(params["stem_bias"]))
+        (dense,) = [lay for lay in model.layers if isinstance(lay, keras.layers.Dense)]
+        dense.kernel.assign(np.asarray(params["Dense_0"]["kernel"]))
+        got = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_accuracy_mnist1d_smoke(tmp_path):
+    """Both MNIST-1D tasks, every installed framework, the recipe and the baseline,
+    on a tiny setting (the data come from the mnist1d package's generator)."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("mnist1d") is None:
+        pytest.skip("mnist1d not installed")
+    bench = _load("bench_accuracy")
+    fws = ["jaxreg"] + [fw for fw in ("torch", "keras") if importlib.util.find_spec(fw)]
+    results = tmp_path / "accuracy.json"
+    # the MLP's recipe without EMA: Keras's EMA has no warm-up, 60 steps leave it near init
+    specs = {"mnist1d_cnn": "recipe", "mnist1d_mlp": "augmentation=0.75+batchnorm+l2"}
+    for task, spec in specs.items():
+        argv = ["--task", task, "--framework", *fws, "--config", spec, "none"]
+        new = bench.main(
+            [*argv, "--epochs", "3", "--train-size", "2000", "--results", str(results)]
+        )
+        assert [(r["task"], r["framework"], r["config"]) for r in new] == [
+            (task, fw, c) for c in ("recipe", "none") for fw in fws
+        ]
+        for r in new:
+            assert r["test_acc"] > 0.2, r  # 60 Adam steps on 2,000 signals; chance is 0.1
+        jaxreg_recipe = next(
+            r for r in new if r["framework"] == "jaxreg" and r["config"] == "recipe"
+        )
+        assert "--dataset mnist1d" in jaxreg_recipe["command"]
+        assert "--data-dir" not in jaxreg_recipe["command"]

@@ -59,10 +59,19 @@ def test_optimizer_schedule_model_fields_and_no_validation_split(tmp_path, capsy
     out = tmp_path / "sgd"
     argv = ["compare", "--configs", "l2", "--repeats", "1", "--model", "cnn", "--out", str(out)]
     argv += ["--optimizer", "sgd", "--schedule", "triangle", "--lr", "0.1", "--val-fraction", "0"]
-    argv += ["--model-field", "channels=4,8", "--model-field", "dense=16", "--epochs", "4"]
+    argv += [
+        "--momentum",
+        "0.8",
+        "--model-field",
+        "channels=4,8",
+        "--model-field",
+        "dense=16",
+        "--epochs",
+        "4",
+    ]
     argv += ["--train-size", "400", "--batch-size", "25", "--loop", "python"]
     assert cli.main(argv) == 0
-    assert seen["optimizer"] == "sgd" and seen["tta"] is False
+    assert seen["optimizer"] == "sgd" and seen["tta"] is False and seen["momentum"] == 0.8
     assert seen["model_fields"] == {"channels": (4, 8), "dense": 16}
     assert float(seen["learning_rate"](0)) == pytest.approx(0.02)  # triangle: 0.2 x lr at step 0
     (r,) = json.loads((out / "results.json").read_text())["results"]
@@ -122,6 +131,7 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--loop", "fast"], "--loop must be auto, python or scan:K"),
         (["compare", "--schedule", "step"], "argument --schedule: invalid choice: 'step'"),
         (["compare", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice"),
+        (["compare", "--optimizer", "sgd", "--momentum", "1"], "momentum must lie in [0, 1)"),
         (["compare", "--model-field", "depth=3"], "NAME one of channels, dense (model cnn)"),
         (["compare", "--model-field", "dense=wide"], "dense: 'wide' is not a number"),
         (["compare", "--tta"], "tta (mirrored test views) needs natural images"),
@@ -158,3 +168,13 @@ def test_python_dash_m_runs_the_script():
     assert proc.stderr.strip() == (
         "jaxreg: error: unknown dataset 'nope'; known: " + ", ".join(cli.DATASETS)
     )
+
+
+def test_model_fields_parse_numbers_lists_and_strings():
+    assert cli._model_fields(["widths=4,8", "activation=relu", "scale=0.5"], "airbench") == {
+        "widths": (4, 8),
+        "activation": "relu",
+        "scale": 0.5,
+    }
+    with pytest.raises(cli.UsageError, match="NAME one of activation, bias_scale, scale"):
+        cli._model_fields(["whitening=1"], "airbench")  # computed from the data, not a flag

@@ -14,6 +14,7 @@ from jaxreg import data as data_lib
 from jaxreg.experiments import configs, report, runner
 from jaxreg.experiments.configs import Regularization, parse_config
 from jaxreg.fitting import Loop
+from jaxreg.models import whitening_init
 
 
 def test_parse_config_names_values_and_all():
@@ -252,6 +253,34 @@ def test_triangle_schedule_and_sgd_optimizer(digits):
     assert r["test_acc"] > 0.5  # chance is 0.1
     with pytest.raises(ValueError, match="optimizer must be one of adam, sgd, got 'rmsprop'"):
         runner.build(parse_config("none"), "mlp", digits, optimizer="rmsprop")
+    # momentum is sgd's: 0.5 moves the first step by lr * (1 + 0.5) * grad
+    tx = runner.base_optimizer("sgd", 0.1, momentum=0.5)
+    updates, _ = tx.update(grads, tx.init(grads))
+    np.testing.assert_allclose(updates["w"], -0.1 * 1.5 * np.ones(3), rtol=1e-6)
+    trainer, hp, _ = runner.build(
+        parse_config("none"), "mlp", digits, optimizer="sgd", momentum=0.5, learning_rate=0.1
+    )
+    params = {"w": jnp.ones(3)}
+    updates, _ = trainer.tx(hp).update(grads, trainer.tx(hp).init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.1 * 1.5 * np.ones(3), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\), got 1.0"):
+        runner.build(parse_config("none"), "mlp", digits, optimizer="sgd", momentum=1.0)
+
+
+def test_airbench_gets_its_whitening_stem_from_the_training_images():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((12, 8, 8, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 12), jnp.int32)
+    data = runner.Data("cifar10", (x, y), None, (x, y), 10)
+    fields = {"widths": (4,)}
+    trainer, hp, _ = runner.build(parse_config("none"), "airbench", data, model_fields=fields)
+    assert trainer.module(hp).whitening == whitening_init(x)
+    assert fields == {"widths": (4,)}  # the caller's dict is left alone
+    given = whitening_init(x[:, ::-1])
+    trainer, hp, _ = runner.build(
+        parse_config("none"), "airbench", data, model_fields={"widths": (4,), "whitening": given}
+    )
+    assert trainer.module(hp).whitening == given
 
 
 def test_tta_averages_the_logits_of_the_image_and_its_mirror():

@@ -19,8 +19,11 @@ from jaxreg.models import (
     Airbench,
     ResNet,
     SmallCNN,
+    _dirac_init,
     _max_pool2,
+    _ShiftNorm,
     get_model,
+    whitening_init,
 )
 
 # small variants of every model and a representative input shape for each
@@ -197,6 +200,121 @@ def test_airbench_shapes_parameters_and_logit_scale():
     a = small.apply(variables, xs, train=False)
     b = Airbench(widths=(4,), stem=3, scale=1.0).apply(variables, xs, train=False)
     np.testing.assert_allclose(a, b / 9.0, rtol=1e-6)
+
+
+def _smooth_images(n=64, size=12, seed=0):
+    """Correlated RGB images (neighbouring pixels and channels alike), in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((n, size + 1, size + 1, 1))
+    smooth = (base[:, 1:, 1:] + base[:, :-1, 1:] + base[:, 1:, :-1]) / 3
+    return np.clip(smooth + 0.1 * rng.random((n, size, size, 3)), 0, 1)
+
+
+def test_whitening_init_decorrelates_and_centres_patches():
+    """The stem's outputs on the images' 2x2 patches: zero mean, identity covariance
+    on the first 12 channels (eps -> 0), the other 12 their negatives."""
+    x = _smooth_images()
+    w = whitening_init(x, eps=1e-9)
+    assert w.shape == (2, 2, 3, 24) and len(w.kernel) == 2 * 2 * 3 * 24 and len(w.bias) == 24
+    kernel = np.asarray(w.kernel).reshape(w.shape)
+    out = jax.lax.conv_general_dilated(
+        jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32), (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ) + jnp.asarray(w.bias).reshape(1, 1, 1, -1)  # fmt: skip
+    flat = np.asarray(out, np.float64).reshape(-1, 24)
+    np.testing.assert_allclose(flat.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(flat[:, :12].T), np.eye(12), atol=2e-2)
+    np.testing.assert_allclose(flat[:, 12:], -flat[:, :12], atol=1e-5)
+    # the raw patches were strongly correlated: whitening changed something
+    assert np.corrcoef(x[:, :-1, :, 0].ravel(), x[:, 1:, :, 0].ravel())[0, 1] > 0.3
+    # a larger eps shrinks the low-variance directions only
+    lam = np.diag(np.cov(np.asarray(out).reshape(-1, 24)[:, :12].T))
+    shrunk = whitening_init(x, eps=1.0)
+    k2 = np.asarray(shrunk.kernel).reshape(shrunk.shape)
+    assert np.linalg.norm(k2[..., 11]) < 0.5 * np.linalg.norm(kernel[..., 11])
+    assert np.allclose(lam, 1.0, atol=2e-2)
+
+
+def test_whitening_init_rejects_bad_images():
+    with pytest.raises(ValueError, match=r"whitening_init: images must be \(N, H, W, C\)"):
+        whitening_init(np.zeros((4, 8, 8)))
+    with pytest.raises(ValueError, match="H, W >= patch=3"):
+        whitening_init(np.zeros((4, 2, 8, 3)), patch=3)
+    bad = _smooth_images(n=4)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        whitening_init(bad)
+
+
+def test_airbench_whitening_stem_is_a_frozen_constant():
+    x = jnp.asarray(_smooth_images(n=4, size=12), jnp.float32)
+    w = whitening_init(x)
+    model = Airbench(widths=(4,), whitening=w)
+    variables = model.init(jax.random.key(0), x, train=False)
+    params = variables["params"]
+    # no stem kernel among the parameters: only its bias, which starts at w.bias
+    assert "Conv_0" in params and params["Conv_0"]["kernel"].shape == (3, 3, 24, 4)
+    np.testing.assert_allclose(params["stem_bias"], np.asarray(w.bias), rtol=1e-6)
+    stems = [k for k in jax.tree_util.tree_leaves(params) if k.shape[:2] == (2, 2)]
+    assert stems == []
+    # the stem's kernel is w's: a different whitening changes the logits
+    other = whitening_init(np.asarray(x)[:, ::-1])
+    a = model.apply(variables, x, train=False)
+    b = Airbench(widths=(4,), whitening=other).apply(variables, x, train=False)
+    assert not np.allclose(a, b)
+    # the gradient has no entry for the stem kernel
+    grads = jax.grad(lambda p: model.apply({**variables, "params": p}, x, train=False).sum())(
+        params
+    )
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    with pytest.raises(ValueError, match="does not fit stem=16"):
+        Airbench(widths=(4,), stem=16, whitening=w).init(jax.random.key(0), x, train=False)
+    with pytest.raises(ValueError, match="activation must be 'gelu' or 'relu', got 'tanh'"):
+        Airbench(widths=(4,), activation="tanh").init(jax.random.key(0), x, train=False)
+
+
+def test_airbench_batch_norm_and_identity_init():
+    """Scale-free BN with momentum 0.6 and a shift stored / bias_scale; 3x3 convs
+    start as identities on their first min(C_in, C_out) filters."""
+    w = _dirac_init(jax.random.key(0), (3, 3, 4, 6))
+    eye = np.zeros((3, 3, 4, 4))
+    eye[1, 1] = np.eye(4)
+    np.testing.assert_array_equal(w[..., :4], eye)
+    assert np.abs(np.asarray(w[..., 4:])).sum() > 0  # the other filters stay random
+    x = jnp.asarray(_smooth_images(n=8, size=8), jnp.float32)
+    model = Airbench(widths=(4,), stem=3, activation="relu")
+    variables = model.init(jax.random.key(0), x, train=False)
+    norms = [k for k in variables["params"] if k.startswith("_ShiftNorm")]
+    assert len(norms) == 2
+    for name in norms:
+        assert set(variables["params"][name]) == {"bias"}  # no scale, one shift
+        assert variables["params"][name]["bias"].shape == (4,)
+    # the shift enters times bias_scale: the same +1 shift with bias_scale 8 vs 1
+    shifted = jax.tree_util.tree_map_with_path(
+        lambda path, v: v + 1.0 if "_ShiftNorm" in jax.tree_util.keystr(path) else v,
+        variables["params"],
+    )
+    new = {**variables, "params": shifted}
+    # the last norm feeds relu -> global max -> dense: shift 8 vs 1 moves the logits
+    a = Airbench(widths=(4,), stem=3, activation="relu", bias_scale=8.0).apply(new, x, train=False)
+    b = Airbench(widths=(4,), stem=3, activation="relu", bias_scale=1.0).apply(new, x, train=False)
+    assert not np.allclose(a, b)
+
+
+def test_airbench_shift_norm_statistics_and_shift():
+    """airbench's batch norm: running stats 0.6 * old + 0.4 * batch, output the
+    standardized input plus bias_scale times the stored shift."""
+    x = jax.random.normal(jax.random.key(1), (6, 5, 5, 3)) * 2.0 + 1.0
+    norm = _ShiftNorm(bias_scale=8.0)
+    variables = norm.init(jax.random.key(0), x, train=False)
+    params = {"bias": jnp.array([0.5, -1.0, 0.0])}
+    y, upd = norm.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    stats = upd["batch_stats"]["BatchNorm_0"]
+    mean, var = np.asarray(x).mean((0, 1, 2)), np.asarray(x).var((0, 1, 2))
+    np.testing.assert_allclose(stats["mean"], 0.4 * mean, rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], 0.6 + 0.4 * var, rtol=1e-5)
+    expect = (np.asarray(x) - mean) / np.sqrt(var) + 8.0 * np.asarray(params["bias"])
+    np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 2)])

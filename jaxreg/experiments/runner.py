@@ -27,7 +27,7 @@ from ..augment import flip_views, random_crop, random_crop_flip
 from ..early_stopping import EarlyStopping
 from ..fitting import Loop, fit
 from ..masks import by_kernels
-from ..models import get_model
+from ..models import get_model, whitening_init
 from ..penalties import l2_penalty
 from ..sweeps import sweep
 from ..training import Trainer, image_augment
@@ -137,7 +137,7 @@ def _augment(data: Data, strength: float) -> Callable:
 #: learning-rate schedules of the runs (``jaxreg compare/sweep --schedule``).
 SCHEDULES = ("constant", "cosine", "triangle")
 
-#: optimizers of the runs (``--optimizer``): Adam, or SGD with Nesterov momentum 0.9.
+#: optimizers of the runs (``--optimizer``): Adam, or SGD with Nesterov momentum (0.9 default).
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -166,12 +166,14 @@ def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int
     raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 
-def base_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
-    """``adam`` (optax defaults) or ``sgd`` (Nesterov momentum 0.9) at ``learning_rate``."""
+def base_optimizer(name: str, learning_rate, momentum: float = 0.9) -> optax.GradientTransformation:
+    """``adam`` (optax defaults) or ``sgd`` (Nesterov ``momentum``) at ``learning_rate``."""
     if name == "adam":
         return optax.adam(learning_rate)
     if name == "sgd":
-        return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        return optax.sgd(learning_rate, momentum=momentum, nesterov=True)
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
@@ -184,15 +186,18 @@ def build(
     model_fields: dict[str, Any] | None = None,
     optimizer: str = "adam",
     tta: bool = False,
+    momentum: float = 0.9,
 ) -> tuple[Trainer, dict[str, float], EarlyStopping | None]:
     """The trainer, its hyperparameters and early stopping for one config.
 
     Every numeric regularizer that is on is a traced hyperparameter of the
     trainer (``hparams[name]``), so :func:`run_sweep` can vary it per member.
     The ResNet and Airbench nets always have BatchNorm (the ``batchnorm`` switch
-    does not change them). ``optimizer`` is one of :data:`OPTIMIZERS`; ``tta``
-    evaluates natural images as the mean logits of the image and its mirror
-    (:func:`jaxreg.augment.flip_views`).
+    does not change them). ``optimizer`` is one of :data:`OPTIMIZERS` (``momentum``:
+    SGD's Nesterov momentum); ``tta`` evaluates natural images as the mean logits
+    of the image and its mirror (:func:`jaxreg.augment.flip_views`). The Airbench
+    net gets its frozen whitening stem from the first 5,000 training images
+    (:func:`jaxreg.models.whitening_init`) unless ``model_fields`` has one.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
@@ -203,7 +208,10 @@ def build(
         )
     on = reg.active()
     hp = {k: float(v) for k, v in on.items() if k in SWEEPABLE}
+    base_optimizer(optimizer, 0.0, momentum)  # bad momentum fails here, not in jit
     fields = dict(model_fields or {})
+    if model == "airbench" and fields.get("whitening") is None and data.is_image:
+        fields["whitening"] = whitening_init(data.train[0][:5000])
     kernels = by_kernels()
 
     def make_model(h):
@@ -219,14 +227,14 @@ def build(
         if "weight_decay" in h:
             parts.append(
                 decoupled_weight_decay(
-                    base_optimizer(optimizer, learning_rate),
+                    base_optimizer(optimizer, learning_rate, momentum),
                     h["weight_decay"],
                     learning_rate,
                     mask=kernels,
                 )
             )
         else:
-            parts.append(base_optimizer(optimizer, learning_rate))
+            parts.append(base_optimizer(optimizer, learning_rate, momentum))
         if "max_norm" in h:
             parts.append(keep_max_norm(h["max_norm"], mask=kernels))
         return optax.chain(*parts) if len(parts) > 1 else parts[0]
@@ -311,6 +319,7 @@ def run_config(
     schedule: str = "constant",
     optimizer: str = "adam",
     tta: bool = False,
+    momentum: float = 0.9,
 ) -> dict[str, Any]:
     """Train one config with :func:`jaxreg.fit` and evaluate it (eval mode) on all splits.
 
@@ -331,7 +340,7 @@ def run_config(
             reg, data, model=model, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, loop=loop, repeats=repeats, mode=mode,
             model_fields=model_fields, callback=callback, schedule=schedule,
-            optimizer=optimizer, tta=tta,
+            optimizer=optimizer, tta=tta, momentum=momentum,
         )  # fmt: skip
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -339,8 +348,9 @@ def run_config(
     steps = epochs * (data.train[0].shape[0] // batch_size)
     lr = learning_rate_schedule(learning_rate, schedule, steps)
     trainer, hp, es = build(
-        reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer, tta=tta
-    )
+        reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
+        tta=tta, momentum=momentum,
+    )  # fmt: skip
     state = trainer.init(jax.random.key(seed), data.train[0][:batch_size], hp)
     state, history, es_state, _ = fit(
         trainer,
@@ -428,6 +438,7 @@ def run_sweep(
     schedule: str = "constant",
     optimizer: str = "adam",
     tta: bool = False,
+    momentum: float = 0.9,
 ) -> dict[str, Any]:
     """Train one member per value of ``param`` (on top of ``reg``) as one :func:`jaxreg.sweep`.
 
@@ -449,8 +460,9 @@ def run_sweep(
     steps = epochs * (data.train[0].shape[0] // batch_size)
     lr = learning_rate_schedule(learning_rate, schedule, steps)
     trainer, hp, es = build(
-        reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer, tta=tta
-    )
+        reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
+        tta=tta, momentum=momentum,
+    )  # fmt: skip
     members = {k: [v] * len(values) for k, v in hp.items()}
     members[param] = values
     result = sweep(

@@ -412,7 +412,7 @@ def _torch_airbench(task: dict, x: np.ndarray, c_in: int, k: int):
     white = whitening_init(x[:5000])
     stem = nn.Conv2d(c_in, white.shape[-1], 2)
     with torch.no_grad():
-        kernel = np.asarray(white.kernel, np.float32).reshape(white.shape)
+        kernel = white.kernel_array()
         stem.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
         stem.bias.copy_(torch.tensor(white.bias))
     stem.weight.requires_grad_(False)  # frozen, as in jaxreg (a constant there)
@@ -567,7 +567,7 @@ def _keras_airbench(task: dict, x: np.ndarray, h, k: int, kr):
     from jaxreg.models import whitening_init
 
     white = whitening_init(x[:5000])
-    kernel = np.asarray(white.kernel, np.float32).reshape(white.shape)
+    kernel = white.kernel_array()
 
     class Whiten(layers.Layer):  # frozen kernel, trained bias
         def build(self, shape):

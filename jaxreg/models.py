@@ -172,6 +172,10 @@ class Whitening(NamedTuple):
     bias: tuple[float, ...]
     shape: tuple[int, int, int, int]
 
+    def kernel_array(self) -> np.ndarray:
+        """The kernel as a float32 ``(k, k, C, 2 k^2 C)`` (HWIO) array."""
+        return np.asarray(self.kernel, np.float32).reshape(self.shape)
+
 
 def whitening_init(images: Any, *, patch: int = 2, eps: float = 5e-4) -> Whitening:
     """airbench's whitening stem from training images: PCA of their ``patch x patch``
@@ -307,19 +311,14 @@ class Airbench(nn.Module):
                     f"Airbench: whitening kernel {w.shape} does not fit stem={self.stem} "
                     f"channels and {x.shape[-1]} input channels"
                 )
-            kernel = jnp.asarray(np.asarray(w.kernel, np.float32).reshape(w.shape))
+            kernel = jnp.asarray(w.kernel_array())
             bias = self.param("stem_bias", lambda _: jnp.asarray(w.bias, jnp.float32))
             x = CONV(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             x = x + bias.reshape(1, 1, 1, -1)
         x = act(x)
         for width in self.widths:
-            conv = lambda width=width: nn.Conv(
-                width,
-                (3, 3),
-                use_bias=False,
-                padding="SAME",
-                kernel_init=_dirac_init,
-                conv_general_dilated=CONV,
+            conv = lambda width=width: _conv(
+                width, (3, 3), True, padding="SAME", kernel_init=_dirac_init
             )
             x = act(_ShiftNorm(self.bias_scale)(_max_pool2(conv()(x)), train))
             x = act(_ShiftNorm(self.bias_scale)(conv()(x), train))

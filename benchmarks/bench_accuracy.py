@@ -68,6 +68,7 @@ _DEFAULTS = {
     "val_fraction": 0.02,
     "tta": False,
     "retain_memory": False,
+    "fast_conv": False,
 }
 
 #: task -> the settings of ``jaxreg compare`` (and of the peers).
@@ -89,7 +90,7 @@ TASKS = {
         "model": "airbench",
         "fields": {"widths": (32, 128, 128)},
         "recipe": "augmentation=0.5+label_smoothing=0.2+l2=1.36e-3+ema",
-        "epochs": 12,
+        "epochs": 23,
         "batch_size": 512,
         "lr": 0.75,
         "optimizer": "sgd",
@@ -98,6 +99,7 @@ TASKS = {
         "val_fraction": 0.0,
         "tta": True,
         "retain_memory": True,
+        "fast_conv": True,
     },
     "mnist1d_cnn": {
         **_DEFAULTS,
@@ -145,6 +147,8 @@ def cli_args(task: dict, config: str, seed: int, out: Path) -> list[str]:
         args.append("--tta")
     if task["retain_memory"]:
         args.append("--retain-memory")
+    if task["fast_conv"]:
+        args.append("--fast-conv")
     return args
 
 
@@ -731,6 +735,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         task["epochs"] = args.epochs
     if args.train_size is not None:
         task["train_size"] = args.train_size
+    if task["fast_conv"]:  # process-wide (XLA's flags): Keras on JAX gets it too
+        from jaxreg.cpu import fast_convolutions
+
+        fast_convolutions()
     if task["retain_memory"]:  # process-wide: every framework of this run gets it
         from jaxreg.cpu import retain_freed_memory
 

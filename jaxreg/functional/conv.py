@@ -14,6 +14,12 @@ and gradients equal ``lax.conv_general_dilated``'s up to float rounding
 (tested). The cost is memory: the patch matrix of every layer (``kh * kw``
 times its input) is kept until the backward pass.
 
+That holds while XLA's YNNPACK fusions are on (jaxlib's default). Off the CPU,
+or with them off (:func:`jaxreg.cpu.fast_convolutions`), XLA's own convolution
+is the faster one (1.9x on airbench's CIFAR net, ``benchmarks/bench_xla_conv.py``)
+and this function calls ``lax.conv_general_dilated`` (see
+:func:`jaxreg.cpu.native_convolutions`).
+
 Handled: 1-D and 2-D convolutions in flax's layout (``NWC``/``NHWC`` inputs,
 ``WIO``/``HWIO`` kernels), any strides and padding, no dilation, one feature
 group. Anything else goes to ``lax.conv_general_dilated`` unchanged.
@@ -28,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from ..cpu import native_convolutions
 
 __all__ = ["conv_general_dilated"]
 
@@ -135,11 +143,14 @@ def conv_general_dilated(
     flax as ``nn.Conv(..., conv_general_dilated=jaxreg.functional.conv_general_dilated)``
     (``jaxreg.models`` does). 1-D and 2-D channels-last convolutions without
     dilation or groups take the im2col path; anything else is passed to
-    ``lax.conv_general_dilated`` unchanged.
+    ``lax.conv_general_dilated`` unchanged, and so does every convolution when
+    :func:`jaxreg.cpu.native_convolutions` is True (off the CPU, or with
+    :func:`jaxreg.cpu.fast_convolutions`).
     """
     ndim = lhs.ndim
     fast = (
         ndim in (3, 4)
+        and not native_convolutions()
         and rhs.ndim == ndim
         and _channels_last(dimension_numbers, ndim)
         and all(d == 1 for d in (lhs_dilation or ()))

@@ -617,6 +617,7 @@ def _keras_airbench(task: dict, x: np.ndarray, h, k: int, kr):
 def machine() -> dict:
     import jax
 
+    from jaxreg.cpu import native_convolutions
     from jaxreg.experiments.report import cpu_model
 
     return {
@@ -624,6 +625,8 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "native_convolutions": native_convolutions(),
     }
 
 

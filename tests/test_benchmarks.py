@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -281,3 +283,24 @@ def test_bench_accuracy_mnist1d_smoke(tmp_path):
         )
         assert "--dataset mnist1d" in jaxreg_recipe["command"]
         assert "--data-dir" not in jaxreg_recipe["command"]
+
+
+def test_bench_xla_conv_smoke(capsys):
+    bench = _load("bench_xla_conv")
+    have_torch = importlib.util.find_spec("torch") is not None  # optional peer
+    argv = ["--models", "cnn", "--batch", "4", "--repeats", "1", "--steps", "1"]
+    results = bench.main(argv if have_torch else [*argv, "--no-torch"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == results and len(results) == 1
+    (r,) = results
+    assert r["model"] == "cnn" and r["batch"] == 4
+    for key in ("default flags: im2col ms", "default flags: lax ms",
+                "fast_convolutions: im2col ms", "fast_convolutions: lax ms"):  # fmt: skip
+        assert r[key] > 0
+    assert r["speed-up of fast_convolutions (auto)"] == pytest.approx(
+        r["default flags: im2col ms"] / r["fast_convolutions: lax ms"], abs=0.01
+    )
+    if have_torch:
+        assert r["torch ms"] > 0 and r["torch / jaxreg fast"] > 0
+    else:
+        assert "torch ms" not in r

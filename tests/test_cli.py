@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,22 @@ def test_python_dash_m_runs_the_script():
     assert proc.stderr.strip() == (
         "jaxreg: error: unknown dataset 'nope'; known: " + ", ".join(cli.DATASETS)
     )
+
+
+def test_fast_conv_runs_the_convolutions_through_xla(tmp_path):
+    out = tmp_path / "fast"
+    argv = [sys.executable, "-m", "jaxreg", "compare", "--fast-conv", "--configs", "none"]
+    argv += ["--model", "cnn", "--model-field", "channels=4,8", "--model-field", "dense=16"]
+    argv += ["--epochs", "1", "--train-size", "200", "--batch-size", "25", "--loop", "python"]
+    argv += ["--no-progress", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "results.json").read_text())
+    assert record["settings"]["fast_conv"] is True
+    assert record["machine"]["native_convolutions"] is True
+    assert "--xla_cpu_experimental_ynn_fusion_type=" in record["machine"]["xla_flags"].split()
+    assert record["results"][0]["epochs_run"] == 1
 
 
 def test_model_fields_parse_numbers_lists_and_strings():

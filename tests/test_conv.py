@@ -111,3 +111,21 @@ def test_bad_padding_is_named():
     x, k = jnp.ones((1, 5, 5, 1)), jnp.ones((3, 3, 1, 1))
     with pytest.raises(ValueError, match="padding"):
         conv_general_dilated(x, k, (1, 1), "FULL", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_method_forces_a_path_and_bad_method_is_named():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def primitives(method):
+        f = lambda x, k: conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=dn, method=method
+        )
+        return {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}, f(x, k)
+
+    (p_lax, y_lax), (p_im2col, y_im2col) = primitives("lax"), primitives("im2col")
+    assert p_lax == {"conv_general_dilated"} and "conv_general_dilated" not in p_im2col
+    np.testing.assert_allclose(y_im2col, y_lax, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="method must be 'auto', 'im2col' or 'lax'"):
+        conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn, method="winograd")

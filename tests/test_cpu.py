@@ -1,6 +1,8 @@
-"""jaxreg.cpu.retain_freed_memory: large XLA temporaries stop page-faulting."""
+"""jaxreg.cpu: retained freed memory (no page faults on large XLA temporaries) and
+fast_convolutions (YNNPACK fusions off, convolutions through XLA's own)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxreg.cpu import _glibc, retain_freed_memory
+from jaxreg.cpu import YNN_OFF_FLAG, _glibc, _ynn_off, retain_freed_memory
 
 CHILD = textwrap.dedent(
     """
@@ -66,3 +68,84 @@ def test_bad_threshold_is_named():
         retain_freed_memory(2**31)
     with pytest.raises(TypeError, match="threshold_bytes"):
         retain_freed_memory(1.5)
+
+
+FAST_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    import jaxreg.cpu as cpu
+    mode, out = sys.argv[1], {}
+    if mode == "fast":
+        out["returned"] = cpu.fast_convolutions()
+    import jax, jax.numpy as jnp
+    from jax import lax
+    from jaxreg.functional import conv_general_dilated
+    if mode == "late":  # the backend starts first: too late for the flag
+        jnp.ones(1).block_until_ready()
+        try:
+            cpu.fast_convolutions()
+            out["raised"] = None
+        except RuntimeError as e:
+            out["raised"] = str(e)
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+    ours = lambda x, k: conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)
+    ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)
+    out["primitives"] = sorted({e.primitive.name for e in jax.make_jaxpr(ours)(x, k).eqns})
+    out["max_err"] = float(jnp.max(jnp.abs(ours(x, k) - ref(x, k))))
+    dot = jax.jit(lambda a, b: jnp.tanh(a @ b)).lower(jnp.ones((64, 64)), jnp.ones((64, 64)))
+    out["ynn_in_hlo"] = "ynn" in dot.compile().as_text()
+    out["native"] = cpu.native_convolutions()
+    if mode == "fast":
+        out["again"] = cpu.fast_convolutions()  # running with the flag: fine
+    out["flags"] = os.environ.get("XLA_FLAGS", "")
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def _fast_child(mode):
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", FAST_CHILD, mode],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def test_fast_convolutions_turns_ynnpack_off_and_convs_go_to_xla():
+    default, fast = _fast_child("default"), _fast_child("fast")
+    # default flags: XLA compiles a matmul into a YNNPACK fusion; jaxreg uses im2col
+    assert default["ynn_in_hlo"] is True and default["native"] is False
+    assert "conv_general_dilated" not in default["primitives"], default["primitives"]
+    # fast_convolutions: the flag reached XLA (no YNNPACK fusion) and convs are lax's
+    assert fast["returned"] is True and fast["again"] is True
+    assert fast["flags"].split()[-1] == YNN_OFF_FLAG
+    assert fast["ynn_in_hlo"] is False and fast["native"] is True
+    assert fast["primitives"] == ["conv_general_dilated"]
+    for r in (default, fast):  # same values either way
+        assert r["max_err"] < 1e-4, r
+
+
+def test_fast_convolutions_after_the_backend_started_raises():
+    late = _fast_child("late")
+    assert "before any JAX computation" in late["raised"]
+    assert late["native"] is False and YNN_OFF_FLAG not in late["flags"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "off"),
+    [
+        ("", False),
+        (YNN_OFF_FLAG, True),
+        (f"--xla_cpu_enable_fast_math=false {YNN_OFF_FLAG}", True),
+        ("--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT", False),
+        (f"{YNN_OFF_FLAG} --xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT", False),
+    ],
+)
+def test_ynn_flag_parsing_takes_the_last_setting(flags, off):
+    assert _ynn_off(flags) is off

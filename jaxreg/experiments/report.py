@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import jax
 
+from ..cpu import native_convolutions
+
 COMPARE_COLUMNS = (
     ("config", "config", "{}"),
     ("train_acc", "train acc", "{:.4f}"),
@@ -78,6 +80,8 @@ def machine() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),
         "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "native_convolutions": native_convolutions(),
     }
 
 

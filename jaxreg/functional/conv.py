@@ -136,6 +136,8 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
+    *,
+    method: str = "auto",
 ) -> jax.Array:
     """``lax.conv_general_dilated`` with im2col forward and matrix-product gradients.
 
@@ -145,12 +147,19 @@ def conv_general_dilated(
     dilation or groups take the im2col path; anything else is passed to
     ``lax.conv_general_dilated`` unchanged, and so does every convolution when
     :func:`jaxreg.cpu.native_convolutions` is True (off the CPU, or with
-    :func:`jaxreg.cpu.fast_convolutions`).
+    :func:`jaxreg.cpu.fast_convolutions`). ``method="im2col"`` or ``"lax"``
+    forces one path (``"im2col"`` still defers the cases it does not handle).
     """
+    if method not in ("auto", "im2col", "lax"):
+        raise ValueError(
+            f"conv_general_dilated: method must be 'auto', 'im2col' or 'lax', got {method!r}"
+        )
     ndim = lhs.ndim
+    if method == "auto":
+        method = "lax" if native_convolutions() else "im2col"
     fast = (
-        ndim in (3, 4)
-        and not native_convolutions()
+        method == "im2col"
+        and ndim in (3, 4)
         and rhs.ndim == ndim
         and _channels_last(dimension_numbers, ndim)
         and all(d == 1 for d in (lhs_dilation or ()))

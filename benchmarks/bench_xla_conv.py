@@ -15,6 +15,8 @@ the same network in PyTorch eager (2 threads, channels-last):
   ``bench_accuracy``'s build of the same net.
 * ``cnn``: ``jaxreg.models.SmallCNN(channels=(32, 64), dense=128)``, batch 128 of
   28x28x1, Adam (the MNIST task's net).
+* ``cnn1d``: ``jaxreg.models.CNN1D(batch_norm=True)``, batch 100 of 40x1, Adam
+  (the MNIST-1D task's tiny 1-D net; no PyTorch run).
 
 Median ms over ``--repeats`` runs of ``--steps`` steps, compile excluded, with
 :func:`jaxreg.cpu.retain_freed_memory` in every child (as the accuracy runs).
@@ -22,6 +24,7 @@ Median ms over ``--repeats`` runs of ``--steps`` steps, compile excluded, with
 default flags, lax with ``fast_convolutions``.
 
     python benchmarks/bench_xla_conv.py --repeats 5 --steps 3
+    python benchmarks/bench_xla_conv.py --models cnn1d --repeats 5 --steps 50
 """
 
 from __future__ import annotations
@@ -30,28 +33,15 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SHAPES = {"airbench": (512, 32, 32, 3), "cnn": (128, 28, 28, 1)}
+sys.path.insert(0, str(HERE))
+from bench_conv import _machine, _median_ms  # noqa: E402  (the sibling benchmark's helpers)
 
-
-def _median_ms(run, repeats: int, steps: int) -> float:
-    run()  # warm-up (compiled already)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = run()
-        if out is not None:
-            import jax
-
-            jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / steps)
-    return round(float(np.median(times)) * 1e3, 2)
+SHAPES = {"airbench": (512, 32, 32, 3), "cnn": (128, 28, 28, 1), "cnn1d": (100, 40, 1)}
 
 
 def _images(model: str, batch: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +73,11 @@ def jax_child(args) -> dict:
         white = models.whitening_init(x[:256])
         make_model = lambda: models.Airbench(widths=(32, 128, 128), whitening=white)
         tx = optax.sgd(0.1, momentum=0.85, nesterov=True)
-    else:
+    elif args.model == "cnn":
         make_model = lambda: models.SmallCNN(channels=(32, 64), dense=128)
+        tx = optax.adam(1e-3)
+    else:
+        make_model = lambda: models.CNN1D(batch_norm=True)
         tx = optax.adam(1e-3)
 
     original = models.CONV
@@ -118,7 +111,6 @@ def torch_child(args) -> dict:
     torch.manual_seed(0)
     x, y = _images(args.model, args.batch)
     if args.model == "airbench":
-        sys.path.insert(0, str(HERE))
         from bench_accuracy import _torch_airbench
 
         net, scale = _torch_airbench({"fields": {"widths": (32, 128, 128)}}, x[:256], 3, 10)
@@ -164,26 +156,11 @@ def _child(kind: str, model: str, flags: str, args, method: str = "auto") -> dic
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _machine() -> dict:
-    import os
-
-    import jax
-
-    from jaxreg.experiments.report import cpu_model
-
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "jax": jax.__version__,
-            "torch": torch_version}  # fmt: skip
-
-
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="airbench,cnn", help="comma-separated: airbench, cnn")
+    ap.add_argument(
+        "--models", default="airbench,cnn,cnn1d", help="comma-separated: airbench, cnn, cnn1d"
+    )
     ap.add_argument("--batch", type=int, default=None, help="default: 512 airbench, 128 cnn")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3)
@@ -197,7 +174,7 @@ def main(argv=None) -> list[dict]:
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names or set(names) - set(SHAPES):
-        ap.error(f"--models takes airbench and/or cnn, got {args.models!r}")
+        ap.error(f"--models takes airbench, cnn, cnn1d, got {args.models!r}")
     if args.child:
         child = jax_child if args.child == "jax" else torch_child
         args.model = names[0]
@@ -215,7 +192,7 @@ def main(argv=None) -> list[dict]:
         row["speed-up of fast_convolutions (auto)"] = round(
             row["default flags: im2col ms"] / row["fast_convolutions: lax ms"], 2
         )
-        if not args.no_torch:
+        if not args.no_torch and model != "cnn1d":
             row["torch ms"] = _child("torch", model, "default", args)["torch ms"]
             row["torch / jaxreg fast"] = round(
                 row["torch ms"] / row["fast_convolutions: lax ms"], 2

@@ -9,6 +9,15 @@ call of a 3x3-conv kernel gradient (batch 128, 14x14x32 -> 64 channels) whose
 patch matrix is a 29 MB temporary, which made that call 2.8x slower
 (``benchmarks/bench_conv.py``). PyTorch's CPU kernels pay the same price.
 :func:`retain_freed_memory` makes glibc keep freed memory in the heap for reuse.
+
+jaxlib 0.10's CPU backend hands work to YNNPACK library fusions by default;
+under them XLA's own convolution ran the train step of a small CIFAR conv net
+3.5x slower than without them (``benchmarks/bench_xla_conv.py``), and jaxreg's
+im2col convolution was the faster path. :func:`fast_convolutions` turns those
+fusions off before JAX starts its CPU backend; every jaxreg convolution
+(:func:`jaxreg.functional.conv_general_dilated`, so every ``jaxreg.models``
+conv) then runs as XLA's own, and that step took half the time of the im2col
+one under the default flags.
 """
 
 from __future__ import annotations
@@ -122,10 +131,10 @@ def fast_convolutions() -> bool:
     fusions) to ``XLA_FLAGS``; XLA reads it when JAX starts its CPU backend, so
     call this first, before any JAX computation. Measured on a 2-core CPU
     (``benchmarks/bench_xla_conv.py``): the train step of airbench's CIFAR net
-    (widths 32/128/128, batch 512) ran 1.9x faster than with the default flags
-    and jaxreg's im2col convolutions, and faster than PyTorch's; the tiny
-    MNIST-1D nets (no 2-D convolutions) ran up to 1.4x slower without YNNPACK,
-    hence opt-in (``jaxreg compare --fast-conv``).
+    (widths 32/128/128, batch 512) ran 1.99x faster than with the default flags
+    and jaxreg's im2col convolutions (930 vs 1,855 ms; PyTorch eager: 776 ms),
+    the small MNIST CNN's 1.10x; see that benchmark for the tiny MNIST-1D
+    conv net, which YNNPACK suits. Hence opt-in (``jaxreg compare --fast-conv``).
 
     Returns:
         True when the flag is (now) in effect.

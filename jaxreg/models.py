@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -232,14 +232,27 @@ def whitening_init(images: Any, *, patch: int = 2, eps: float = 5e-4) -> Whiteni
     )
 
 
-def _dirac_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-    """lecun-normal, except that the first ``min(C_in, C_out)`` filters are the
+#: kernel initialisers of :class:`Airbench` (its ``init`` field).
+AIRBENCH_INITS = {
+    # U(+-1/sqrt(fan_in)): PyTorch's default for conv and linear layers, airbench94's
+    "uniform": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+    # flax's default (truncated normal of variance 1/fan_in): 3x the variance
+    "lecun": nn.initializers.lecun_normal(),
+}
+
+
+def _dirac_init(base: Callable) -> Callable:
+    """``base``, except that the first ``min(C_in, C_out)`` filters are the
     identity (airbench's implicit residual: a conv starts as a copy of its input)."""
-    w = nn.initializers.lecun_normal()(key, shape, dtype)
-    n = min(shape[-2], shape[-1])
-    idx = jnp.arange(n)
-    w = w.at[..., :n].set(0.0)
-    return w.at[shape[0] // 2, shape[1] // 2, idx, idx].set(1.0)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        w = base(key, shape, dtype)
+        n = min(shape[-2], shape[-1])
+        idx = jnp.arange(n)
+        w = w.at[..., :n].set(0.0)
+        return w.at[shape[0] // 2, shape[1] // 2, idx, idx].set(1.0)
+
+    return init
 
 
 class _ShiftNorm(nn.Module):
@@ -279,7 +292,12 @@ class Airbench(nn.Module):
     the 3x3 convs start as identities on their first channels; batch norm has no
     scale, momentum 0.6 and its shift multiplied by ``bias_scale`` (8: a 64x SGD
     rate for the shifts); ``activation`` is ``"gelu"`` (airbench) or ``"relu"``.
-    Batch norm is always on (``batch_norm=False`` raises ``ValueError``).
+    ``kernel_init`` draws the other conv filters and the dense kernel:
+    ``"uniform"`` (airbench94's, PyTorch's default: ``U(+-1/sqrt(fan_in))``),
+    ``"lecun"`` (flax's lecun-normal, 3x the variance; with scale-free batch norm
+    after each conv, larger filters take smaller relative SGD steps) or a flax
+    initializer. Batch norm is always
+    on (``batch_norm=False`` raises ``ValueError``).
     """
 
     num_classes: int = 10
@@ -291,6 +309,7 @@ class Airbench(nn.Module):
     whitening: Whitening | None = None
     activation: str = "gelu"
     bias_scale: float = 8.0
+    kernel_init: str | Callable = "uniform"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -302,6 +321,14 @@ class Airbench(nn.Module):
                 f"Airbench: activation must be 'gelu' or 'relu', got {self.activation!r}"
             )
         act = acts[self.activation]
+        base = self.kernel_init
+        if not callable(base):
+            if base not in AIRBENCH_INITS:
+                raise ValueError(
+                    f"Airbench: kernel_init must be one of {', '.join(AIRBENCH_INITS)} or an "
+                    f"initializer, got {base!r}"
+                )
+            base = AIRBENCH_INITS[base]
         w = self.whitening
         if w is None:
             x = _conv(self.stem, (2, 2), False, padding="VALID")(x)
@@ -318,13 +345,13 @@ class Airbench(nn.Module):
         x = act(x)
         for width in self.widths:
             conv = lambda width=width: _conv(
-                width, (3, 3), True, padding="SAME", kernel_init=_dirac_init
+                width, (3, 3), True, padding="SAME", kernel_init=_dirac_init(base)
             )
             x = act(_ShiftNorm(self.bias_scale)(_max_pool2(conv()(x)), train))
             x = act(_ShiftNorm(self.bias_scale)(conv()(x), train))
         x = x.max(axis=(1, 2))
         x = Dropout(self.dropout)(x, deterministic=not train)
-        return self.scale * nn.Dense(self.num_classes, use_bias=False)(x)
+        return self.scale * nn.Dense(self.num_classes, use_bias=False, kernel_init=base)(x)
 
 
 class CNN1D(nn.Module):

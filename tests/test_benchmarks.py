@@ -165,6 +165,7 @@ def test_bench_accuracy_smoke(tmp_path, capsys):
     for r in new:
         assert r["test_acc"] > 0.3, r  # 16 steps of Adam on 1,024 digits; chance is 0.1
         assert r["seconds"] > 0 and r["machine"]["cores"] >= 1
+        assert (r["model"], r["fields"]) == ("cnn", {})  # what was trained is on record
     assert json.loads(results.read_text()) == json.loads(json.dumps(new))
     recipe = next(r for r in new if r["framework"] == "jaxreg" and r["config"] == "recipe")
     assert f'--configs "{spec}"' in recipe["command"] and recipe["spec"] == spec

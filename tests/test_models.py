@@ -12,6 +12,7 @@ import pytest
 
 import jaxreg
 from jaxreg.models import (
+    AIRBENCH_INITS,
     CNN1D,
     MLP,
     MLP1D,
@@ -273,10 +274,33 @@ def test_airbench_whitening_stem_is_a_frozen_constant():
         Airbench(widths=(4,), activation="tanh").init(jax.random.key(0), x, train=False)
 
 
+def test_airbench_init_draws_airbench94s_uniform_or_lecun_kernels():
+    """kernel_init="uniform" (default) draws the random conv filters and the head from
+    U(+-1/sqrt(fan_in)) like PyTorch/airbench94; "lecun" has 3x the variance."""
+    x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+
+    def kernels(init):
+        p = Airbench(widths=(64, 128), kernel_init=init).init(jax.random.key(0), x, train=False)
+        conv = np.asarray(p["params"]["Conv_3"]["kernel"])  # 3x3, 64 -> 128: fan_in 576
+        return conv[..., 64:], np.asarray(p["params"]["Dense_0"]["kernel"])  # head: fan_in 128
+
+    (conv_u, head_u), (conv_l, head_l) = kernels("uniform"), kernels("lecun")
+    for w, fan_in in ((conv_u, 576), (head_u, 128)):
+        assert np.abs(w).max() <= fan_in**-0.5
+        np.testing.assert_allclose(w.std(), (3 * fan_in) ** -0.5, rtol=0.05)
+    for w, fan_in in ((conv_l, 576), (head_l, 128)):
+        np.testing.assert_allclose(w.std(), fan_in**-0.5, rtol=0.1)
+    assert Airbench().kernel_init == "uniform"
+    zeros = kernels(jax.nn.initializers.zeros)  # any flax initializer
+    assert not zeros[0].any() and not zeros[1].any()
+    with pytest.raises(ValueError, match="kernel_init must be one of uniform, lecun or an"):
+        Airbench(widths=(4,), kernel_init="normal").init(jax.random.key(0), x, train=False)
+
+
 def test_airbench_batch_norm_and_identity_init():
     """Scale-free BN with momentum 0.6 and a shift stored / bias_scale; 3x3 convs
     start as identities on their first min(C_in, C_out) filters."""
-    w = _dirac_init(jax.random.key(0), (3, 3, 4, 6))
+    w = _dirac_init(AIRBENCH_INITS["uniform"])(jax.random.key(0), (3, 3, 4, 6))
     eye = np.zeros((3, 3, 4, 4))
     eye[1, 1] = np.eye(4)
     np.testing.assert_array_equal(w[..., :4], eye)

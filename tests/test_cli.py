@@ -188,10 +188,12 @@ def test_fast_conv_runs_the_convolutions_through_xla(tmp_path):
 
 
 def test_model_fields_parse_numbers_lists_and_strings():
-    assert cli._model_fields(["widths=4,8", "activation=relu", "scale=0.5"], "airbench") == {
+    items = ["widths=4,8", "activation=relu", "scale=0.5", "kernel_init=lecun"]
+    assert cli._model_fields(items, "airbench") == {
         "widths": (4, 8),
         "activation": "relu",
         "scale": 0.5,
+        "kernel_init": "lecun",
     }
-    with pytest.raises(cli.UsageError, match="NAME one of activation, bias_scale, scale"):
+    with pytest.raises(cli.UsageError, match="NAME one of activation, bias_scale, kernel_init, sc"):
         cli._model_fields(["whitening=1"], "airbench")  # computed from the data, not a flag

@@ -232,7 +232,7 @@ def whitening_init(images: Any, *, patch: int = 2, eps: float = 5e-4) -> Whiteni
     )
 
 
-#: kernel initialisers of :class:`Airbench` (its ``init`` field).
+#: kernel initialisers of :class:`Airbench` (its ``kernel_init`` field, by name).
 AIRBENCH_INITS = {
     # U(+-1/sqrt(fan_in)): PyTorch's default for conv and linear layers, airbench94's
     "uniform": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
@@ -296,8 +296,8 @@ class Airbench(nn.Module):
     ``"uniform"`` (airbench94's, PyTorch's default: ``U(+-1/sqrt(fan_in))``),
     ``"lecun"`` (flax's lecun-normal, 3x the variance; with scale-free batch norm
     after each conv, larger filters take smaller relative SGD steps) or a flax
-    initializer. Batch norm is always
-    on (``batch_norm=False`` raises ``ValueError``).
+    initializer. Batch norm is always on (``batch_norm=False`` raises
+    ``ValueError``).
     """
 
     num_classes: int = 10

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -100,6 +101,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--tta",
         action="store_true",
         help="evaluate natural images as the mean logits of the image and its mirror",
+    )
+    p.add_argument(
+        "--freeze",
+        default=None,
+        metavar="REGEX=EPOCHS",
+        help="stop training the parameters whose path matches REGEX after EPOCHS epochs, "
+        "and skip their gradients (airbench: stem_bias=3)",
     )
     p.add_argument(
         "--retain-memory",
@@ -201,6 +209,24 @@ def _model_fields(items: list[str], model: str) -> dict:
     return out
 
 
+def _freeze(text: str | None) -> tuple[str, float] | None:
+    """``"stem_bias=3"`` -> ``("stem_bias", 3.0)``."""
+    if text is None:
+        return None
+    regex, sep, epochs = text.rpartition("=")
+    try:
+        value = float(epochs)
+    except ValueError:
+        value = -1.0
+    if not sep or not regex or not value >= 0:
+        raise UsageError(f"--freeze must be REGEX=EPOCHS with EPOCHS a number >= 0, got {text!r}")
+    try:
+        re.compile(regex)
+    except re.error as e:
+        raise UsageError(f"--freeze: {regex!r} is not a regular expression: {e}") from None
+    return regex, value
+
+
 def _loop(text: str):
     if text in ("auto", "python"):
         return "auto" if text == "auto" else runner.Loop(1, 1)
@@ -251,6 +277,7 @@ def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
         "optimizer": args.optimizer,
         "momentum": args.momentum,
         "tta": args.tta,
+        "freeze": _freeze(args.freeze),
         "seed": args.seed,
         "model_fields": _model_fields(args.model_field, model),
         "loop": _loop(args.loop),

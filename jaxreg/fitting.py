@@ -68,7 +68,8 @@ def _order(state: TrainState, n: int, steps: int, batch_size: int) -> jax.Array:
 class EpochRunner:
     """The jitted pieces of an epoch for one trainer, data size and batch size.
 
-    ``chunk(state, data, order, start, frozen)`` runs ``loop.fuse`` steps
+    ``chunk_at(step)`` gives the jitted ``fn(state, data, order, start, frozen)``
+    that runs ``loop.fuse`` steps (fewer across a ``Trainer.freeze`` boundary)
     starting at row ``start`` of ``order``; ``end(state, es_state, pl_state,
     sums, val)`` evaluates and updates the stopping rules. With ``members``
     set, every argument but the data has a leading member axis and the members
@@ -103,12 +104,14 @@ class EpochRunner:
 
     # ---------------------------------------------------------------- pure pieces
 
-    def _chunk(self, state, data, order, start, frozen, fuse, unroll):
+    def _chunk(self, state, data, order, start, frozen, fuse, unroll, freeze_on=None):
         x, y = data
 
         def body(st, row, log_norms=None):
             idx = order[row]
-            new, metrics = self.trainer.step_fn(st, (x[idx], y[idx]), log_norms=log_norms)
+            new, metrics = self.trainer.step_fn(
+                st, (x[idx], y[idx]), log_norms=log_norms, freeze_on=freeze_on
+            )
             if frozen is not None:  # a stopped sweep member keeps its state
                 new = tree_where(frozen, st, new)
             return new, metrics
@@ -193,24 +196,28 @@ class EpochRunner:
             cache[key] = build()
         return cache[key]
 
-    @property
-    def chunk(self) -> Callable:
-        return self._chunk_fn(self.loop.fuse, min(self.loop.unroll, self.loop.fuse))
+    def _chunk_fn(self, fuse, unroll, freeze_on=None):
+        """The jitted chunk; ``freeze_on``: the trainer's freeze phase of its steps
+        (None: decided per step inside the program)."""
 
-    @property
-    def single(self) -> Callable:
-        """One step per call (the remainder of an epoch that ``fuse`` does not divide)."""
-        return self._chunk_fn(1, 1)
-
-    def _chunk_fn(self, fuse, unroll):
         def build():
             def fn(state, data, order, start, frozen):
-                return self._chunk(state, data, order, start, frozen, fuse, unroll)
+                return self._chunk(state, data, order, start, frozen, fuse, unroll, freeze_on)
 
             fn = self._maybe_vmap(fn, (0, None, 0, None, 0))
             return jax.jit(fn, donate_argnums=(0,) if self.trainer.donate else ())
 
-        return self._shared(("chunk", fuse, unroll, self.members), build)
+        return self._shared(("chunk", fuse, unroll, self.members, freeze_on), build)
+
+    def chunk_at(self, step: int, fuse: int | None = None) -> tuple[Callable, int]:
+        """The jitted chunk of ``fuse`` steps (default ``loop.fuse``) from global
+        ``step``, compiled for the trainer's freeze phase there, and its number of
+        steps (1 when the phase changes inside the chunk)."""
+        fuse = self.loop.fuse if fuse is None else fuse
+        phase = self.trainer.freeze_phase
+        if phase(step) != phase(step + fuse - 1):
+            fuse = 1
+        return self._chunk_fn(fuse, min(self.loop.unroll, fuse), phase(step)), fuse
 
     @property
     def order(self) -> Callable:
@@ -259,13 +266,15 @@ class EpochRunner:
             )
         order = self.order(state)
         steps, fuse = self.steps_per_epoch, self.loop.fuse
+        # the global step on the host, once per epoch (only when a freeze phase needs it)
+        step0 = 0 if self.trainer.freeze is None else int(np.max(np.asarray(state.step)))
         total = None
         start = 0
         while start < steps:
-            fn = self.chunk if steps - start >= fuse else self.single
+            fn, n = self.chunk_at(step0 + start, fuse if steps - start >= fuse else 1)
             state, sums = fn(state, data, order, start, frozen)
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-            start += fuse if fn is self.chunk else 1
+            start += n
         return state, total
 
 
@@ -350,18 +359,20 @@ def choose_loop(
         scale, members = state.step.shape[0], None
         state = jax.tree.map(lambda a: a[0], state)
     timings = {}
+    first_step = 0 if trainer.freeze is None else int(np.max(np.asarray(state.step)))
     for loop in cands:
         runner = EpochRunner(trainer, train[0].shape[0], batch_size, loop, members=members)
         copy = jax.tree.map(jnp.copy, state)
         order = runner.order(copy)
-        copy, _ = runner.chunk(copy, train, order, 0, None)  # compile + warm up
+        chunk, _ = runner.chunk_at(first_step, loop.fuse)  # the phase at the state's step
+        copy, _ = chunk(copy, train, order, 0, None)  # compile + warm up
         jax.block_until_ready(copy)
         calls = max(1, n // loop.fuse)
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(calls):
-                copy, sums = runner.chunk(copy, train, order, 0, None)
+                copy, sums = chunk(copy, train, order, 0, None)
             jax.block_until_ready((copy, sums))
             best = min(best, scale * (time.perf_counter() - t0) / (calls * loop.fuse))
         timings[loop.name] = best

@@ -144,6 +144,20 @@ def test_bench_accuracy_peer_schedules_equal_the_runners():
             assert got(t) == pytest.approx(expected, rel=1e-5, abs=1e-7), (name, t)
 
 
+def test_bench_accuracy_cifar10_freezes_the_stem_bias(tmp_path):
+    """The cifar10 task passes airbench's 3-epoch whitening-bias training to
+    ``jaxreg compare``; the Keras peer, which cannot freeze mid-fit, refuses it."""
+    import pytest
+
+    bench = _load("bench_accuracy")
+    task = bench.TASKS["cifar10"]
+    args = bench.cli_args(task, task["recipe"], 0, tmp_path)
+    assert args[args.index("--freeze") + 1] == "stem_bias=3"
+    assert "--freeze" not in bench.cli_args(bench.TASKS["cifar10_small"], "none", 0, tmp_path)
+    with pytest.raises(NotImplementedError, match="Keras peer cannot freeze"):
+        bench._run_keras(task, task["recipe"], 0)
+
+
 def test_bench_accuracy_smoke(tmp_path, capsys):
     import importlib.util
 

@@ -71,8 +71,10 @@ def test_optimizer_schedule_model_fields_and_no_validation_split(tmp_path, capsy
         "4",
     ]
     argv += ["--train-size", "400", "--batch-size", "25", "--loop", "python"]
+    argv += ["--freeze", "Dense_1/bias=1.5"]
     assert cli.main(argv) == 0
     assert seen["optimizer"] == "sgd" and seen["tta"] is False and seen["momentum"] == 0.8
+    assert seen["freeze"] == ("Dense_1/bias", 24)  # 1.5 epochs of 16 steps
     assert seen["model_fields"] == {"channels": (4, 8), "dense": 16}
     assert float(seen["learning_rate"](0)) == pytest.approx(0.02)  # triangle: 0.2 x lr at step 0
     (r,) = json.loads((out / "results.json").read_text())["results"]
@@ -136,6 +138,9 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--model-field", "depth=3"], "NAME one of channels, dense (model cnn)"),
         (["compare", "--model-field", "dense=wide"], "dense: 'wide' is not a number"),
         (["compare", "--tta"], "tta (mirrored test views) needs natural images"),
+        (["compare", "--freeze", "stem"], "--freeze must be REGEX=EPOCHS"),
+        (["compare", "--freeze", "a=-1"], "EPOCHS a number >= 0, got 'a=-1'"),
+        (["compare", "--freeze", "(=1"], "--freeze: '(' is not a regular expression"),
         (["compare", "--val-fraction", "1"], "val_fraction must lie in [0, 1), got 1.0"),
         (["sweep", "--param", "batchnorm", "--values", "1"], "cannot sweep 'batchnorm'"),
         (["sweep", "--values", "1"], "the following arguments are required: --param"),

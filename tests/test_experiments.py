@@ -299,6 +299,13 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror():
     assert float(got["correct"]) == pytest.approx(want)
     loss = -jnp.sum(jax.nn.log_softmax(mean)[jnp.arange(12), y])
     assert float(got["loss_sum"]) == pytest.approx(float(loss), rel=1e-5)
+    # the final figures: the train split on its plain images, the test split with views
+    plain = runner.evaluate(dataclasses.replace(trainer, tta=None), state, x, y)
+    views = runner.evaluate(trainer, state, x, y)
+    assert views["loss"] != pytest.approx(plain["loss"])
+    final = runner._final(trainer, state, data, ema=False)
+    assert final["train_loss"] == pytest.approx(plain["loss"])
+    assert final["test_loss"] == pytest.approx(views["loss"])
     bad = dataclasses.replace(trainer, tta=lambda v: (v[:, :4],))
     with pytest.raises(ValueError, match="tta must return a non-empty sequence"):
         bad.eval_fn(state, (x, y))

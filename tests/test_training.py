@@ -169,6 +169,73 @@ def test_augment_and_soft_labels_in_the_step():
 # --------------------------------------------------------------------------- loops
 
 
+@pytest.mark.parametrize("after", [0, 2])
+def test_freeze_stops_the_selected_params_at_freeze_after(after):
+    """Before ``freeze_after`` the step equals an unfrozen trainer's; from then on
+    the selected params (here the head's bias) stay put under SGD momentum while
+    the others keep training, in a python loop and in a scanned epoch alike."""
+    frozen = jaxreg.by_path(r"Dense_1/bias")
+    sgd = optax.sgd(0.1, momentum=0.9)
+    tr = _trainer(optimizer=sgd, freeze=frozen, freeze_after=after)
+    free = _trainer(optimizer=sgd)
+    s = tr.init(jax.random.key(0), X[:16])
+    ref = free.init(jax.random.key(0), X[:16])
+    batches = [(X[16 * i : 16 * (i + 1)], Y[16 * i : 16 * (i + 1)]) for i in range(5)]
+    bias = []
+    for i, batch in enumerate(batches):
+        s, _ = tr.train_step(s, batch)
+        ref, _ = free.train_step(ref, batch)
+        bias.append(np.asarray(s.params["Dense_1"]["bias"]))
+        if i < after:
+            assert_trees_close(s.params, ref.params, atol=1e-6)
+    initial = tr.init(jax.random.key(0), X[:16]).params["Dense_1"]["bias"]
+    start = bias[after - 1] if after else np.asarray(initial)
+    for b in bias[after:]:
+        np.testing.assert_array_equal(b, start)  # momentum does not move it either
+    moved = np.abs(np.asarray(s.params["Dense_0"]["kernel"]) - ref.params["Dense_0"]["kernel"])
+    assert after == 0 or moved.max() > 0  # after freezing the runs part ways
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *batches)
+    s2, _ = jax.jit(tr.epoch_fn)(tr.init(jax.random.key(0), X[:16]), stacked)
+    assert_trees_close(s2.params, s.params, atol=1e-5)
+    # fit: fused chunks that straddle the boundary fall back to single steps
+    fits = [
+        fit(tr, tr.init(jax.random.key(0), X[:16]), (X, Y), epochs=2, batch_size=16, loop=lp)[0]
+        for lp in (Loop(4, 1), Loop(1, 1))
+    ]
+    assert_trees_close(fits[0].params, fits[1].params, atol=1e-5)
+    moved = not np.allclose(fits[0].params["Dense_1"]["bias"], initial)
+    assert moved == (after > 0)
+
+
+def test_freeze_skips_the_frozen_params_gradient():
+    """In the frozen branch no gradient reaches the frozen leaves (stop_gradient),
+    so a penalty on them alone adds nothing to the step's gradient norm."""
+    only_bias = (lambda p: jnp.sum(p["Dense_1"]["bias"] ** 2), 10.0)
+    kw = {"freeze": jaxreg.by_path("Dense_1/bias"), "donate": False}
+    tr, plain = _trainer(penalties={"b": only_bias}, **kw), _trainer(penalties={}, **kw)
+    s = tr.init(jax.random.key(0), X[:16])
+    head = {**s.params["Dense_1"], "bias": jnp.ones(4)}
+    s = s.replace(params={**s.params, "Dense_1": head})
+    _, m = tr.train_step(s, (X[:16], Y[:16]))
+    _, m0 = plain.train_step(s, (X[:16], Y[:16]))
+    assert float(m["loss"]) > float(m0["loss"]) + 1.0  # the penalty is in the loss
+    assert float(m["grad_norm"]) == pytest.approx(float(m0["grad_norm"]), rel=1e-6)
+
+
+def test_eval_without_tta_views_uses_the_plain_images():
+    mirror = lambda v: (v, -v)
+    tr = _trainer(tta=mirror)
+    s = tr.init(jax.random.key(0), X[:16])
+    plain = _trainer().eval_fn(s, (X, Y))
+    views = tr.eval_fn(s, (X, Y))
+    off = tr.eval_fn(s, (X, Y), tta=False)
+    assert float(views["loss_sum"]) != pytest.approx(float(plain["loss_sum"]))
+    assert float(off["loss_sum"]) == pytest.approx(float(plain["loss_sum"]))
+    batches = (X.reshape(6, 16, -1), Y.reshape(6, 16))
+    got = tr.evaluate_fn(s, batches, tta=False)["loss"]
+    assert float(got) == pytest.approx(float(plain["loss_sum"]) / X.shape[0], rel=1e-5)
+
+
 def test_scanned_epochs_equal_the_python_loop_of_single_steps():
     tr = _trainer()
     finals = {}
@@ -366,6 +433,13 @@ def test_sweep_auto_mode_and_seeds():
             "label_smoothing",
         ),
         (lambda: _trainer().init(0, X), TypeError, "key"),
+        (lambda: _trainer(freeze_after=-1), ValueError, "freeze_after must be an int >= 0"),
+        (lambda: _trainer(freeze={"a": 1}), ValueError, "Trainer: freeze leaves must be"),
+        (
+            lambda: _trainer(freeze=jaxreg.by_path("nothing")).init(jax.random.key(0), X),
+            ValueError,
+            "freeze selects no parameter; parameter paths: BatchNorm_0/bias",
+        ),
         (
             lambda: _trainer().eval_fn(_trainer().init(jax.random.key(0), X), (X, Y), ema=True),
             ValueError,
@@ -491,7 +565,8 @@ def test_sampled_norms_are_the_last_step_of_each_fused_call():
     order = runner.order(state)
     steps = []
     for i in range(runner.steps_per_epoch):  # 6 steps
-        state, sums = runner.single(state, (X, Y), order, i, None)
+        single, _ = runner.chunk_at(i, 1)
+        state, sums = single(state, (X, Y), order, i, None)
         steps.append({k: float(v) for k, v in sums.items()})
     # sampled, 3 steps per call: two calls, norms of steps 3 and 6
     got, hist, _, _ = fit(

@@ -26,7 +26,7 @@ from .. import data as data_lib
 from ..augment import flip_views, random_crop, random_crop_flip
 from ..early_stopping import EarlyStopping
 from ..fitting import Loop, fit
-from ..masks import by_kernels
+from ..masks import by_kernels, by_path
 from ..models import get_model, whitening_init
 from ..penalties import l2_penalty
 from ..sweeps import sweep
@@ -187,6 +187,7 @@ def build(
     optimizer: str = "adam",
     tta: bool = False,
     momentum: float = 0.9,
+    freeze: tuple[str, int] | None = None,
 ) -> tuple[Trainer, dict[str, float], EarlyStopping | None]:
     """The trainer, its hyperparameters and early stopping for one config.
 
@@ -198,6 +199,8 @@ def build(
     of the image and its mirror (:func:`jaxreg.augment.flip_views`). The Airbench
     net gets its frozen whitening stem from the first 5,000 training images
     (:func:`jaxreg.models.whitening_init`) unless ``model_fields`` has one.
+    ``freeze=(regex, step)`` stops training the parameters whose path matches
+    ``regex`` (:func:`jaxreg.by_path`) from ``step`` on (``Trainer.freeze``).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
@@ -249,6 +252,7 @@ def build(
         augment=_augment(data, on["augmentation"]) if "augmentation" in on else None,
         ema_decay=on.get("ema"),
         tta=flip_views if tta else None,
+        **({} if freeze is None else {"freeze": by_path(freeze[0]), "freeze_after": freeze[1]}),
     )
     es = None
     if "early_stopping" in on:
@@ -260,26 +264,30 @@ def _eval_batches(n: int) -> int:
     return n if n <= 2500 else 500
 
 
-def evaluate(trainer: Trainer, state, x: jax.Array, y: jax.Array, *, ema: bool = False) -> dict:
-    """``{"loss", "accuracy"}`` over all of ``(x, y)`` (the tail batch included)."""
+def evaluate(
+    trainer: Trainer, state, x: jax.Array, y: jax.Array, *, ema: bool = False, tta: bool = True
+) -> dict:
+    """``{"loss", "accuracy"}`` over all of ``(x, y)`` (the tail batch included);
+    ``tta=False`` evaluates the plain images even when the trainer has views."""
     cache = trainer.__dict__.setdefault("_experiment_eval", {})
-    if (x.shape, ema) not in cache:
-        cache[(x.shape, ema)] = jax.jit(_evaluator(trainer, x.shape[0], ema))
-    return {k: float(v) for k, v in cache[(x.shape, ema)](state, x, y).items()}
+    key = (x.shape, ema, tta)
+    if key not in cache:
+        cache[key] = jax.jit(_evaluator(trainer, x.shape[0], ema, tta))
+    return {k: float(v) for k, v in cache[key](state, x, y).items()}
 
 
-def _evaluator(trainer: Trainer, total: int, ema: bool) -> Callable:
+def _evaluator(trainer: Trainer, total: int, ema: bool, tta: bool) -> Callable:
     bs = _eval_batches(total)
     n = (total // bs) * bs
 
     def run(state, x, y):
         shape = (n // bs, bs)
         sums = trainer.evaluate_fn(
-            state, (x[:n].reshape(shape + x.shape[1:]), y[:n].reshape(shape)), ema=ema
+            state, (x[:n].reshape(shape + x.shape[1:]), y[:n].reshape(shape)), ema=ema, tta=tta
         )
         loss, correct = sums["loss"] * n, sums["accuracy"] * n
         if n < x.shape[0]:
-            tail = trainer.eval_fn(state, (x[n:], y[n:]), ema=ema)
+            tail = trainer.eval_fn(state, (x[n:], y[n:]), ema=ema, tta=tta)
             loss, correct = loss + tail["loss_sum"], correct + tail["correct"]
         return {"loss": loss / total, "accuracy": correct / total}
 
@@ -291,12 +299,14 @@ def _eval_batch_size(data: Data) -> int:
 
 
 def _final(trainer: Trainer, state, data: Data, ema: bool) -> dict[str, float | None]:
+    """Final figures per split; the train split without test-time views (its
+    accuracy measures the fit, and it is most of the images to evaluate)."""
     out = {}
     for split in ("train", "val", "test"):
         if getattr(data, split) is None:  # no validation split
             out[f"{split}_acc"] = out[f"{split}_loss"] = None
             continue
-        m = evaluate(trainer, state, *getattr(data, split), ema=ema)
+        m = evaluate(trainer, state, *getattr(data, split), ema=ema, tta=split != "train")
         out[f"{split}_acc"], out[f"{split}_loss"] = m["accuracy"], m["loss"]
     out["gap"] = out["train_acc"] - out["test_acc"]
     return out
@@ -320,6 +330,7 @@ def run_config(
     optimizer: str = "adam",
     tta: bool = False,
     momentum: float = 0.9,
+    freeze: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train one config with :func:`jaxreg.fit` and evaluate it (eval mode) on all splits.
 
@@ -340,7 +351,7 @@ def run_config(
             reg, data, model=model, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, loop=loop, repeats=repeats, mode=mode,
             model_fields=model_fields, callback=callback, schedule=schedule,
-            optimizer=optimizer, tta=tta, momentum=momentum,
+            optimizer=optimizer, tta=tta, momentum=momentum, freeze=freeze,
         )  # fmt: skip
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -349,7 +360,7 @@ def run_config(
     lr = learning_rate_schedule(learning_rate, schedule, steps)
     trainer, hp, es = build(
         reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
-        tta=tta, momentum=momentum,
+        tta=tta, momentum=momentum, freeze=_freeze_step(freeze, data, batch_size),
     )  # fmt: skip
     state = trainer.init(jax.random.key(seed), data.train[0][:batch_size], hp)
     state, history, es_state, _ = fit(
@@ -385,6 +396,16 @@ def run_config(
         "loop": history.loop,
         "history": [{k: e[k] for k in keep if k in e} for e in history.epochs],
     }
+
+
+def _freeze_step(freeze: tuple[str, float] | None, data: Data, batch_size: int):
+    """``(regex, epochs)`` -> ``(regex, step)`` for :func:`build`."""
+    if freeze is None:
+        return None
+    regex, epochs = freeze
+    if not epochs >= 0:
+        raise ValueError(f"freeze: epochs must be >= 0, got {epochs!r}")
+    return regex, round(epochs * (data.train[0].shape[0] // batch_size))
 
 
 SUMMARIZED = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "gap")
@@ -439,6 +460,7 @@ def run_sweep(
     optimizer: str = "adam",
     tta: bool = False,
     momentum: float = 0.9,
+    freeze: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train one member per value of ``param`` (on top of ``reg``) as one :func:`jaxreg.sweep`.
 
@@ -461,7 +483,7 @@ def run_sweep(
     lr = learning_rate_schedule(learning_rate, schedule, steps)
     trainer, hp, es = build(
         reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
-        tta=tta, momentum=momentum,
+        tta=tta, momentum=momentum, freeze=_freeze_step(freeze, data, batch_size),
     )  # fmt: skip
     members = {k: [v] * len(values) for k, v in hp.items()}
     members[param] = values

@@ -19,7 +19,13 @@ eager, 2 threads, channels-last) and ``keras`` (Keras 3 on the jax backend,
 * the Airbench net as jaxreg's (:func:`_torch_airbench`, :func:`_keras_airbench`):
   the same frozen whitening stem, gelu, identity-started convs, scale-free batch
   norm with momentum 0.6 and 8x-scaled shifts, uniform kernels; a test checks
-  that both compute jaxreg's logits from jaxreg's weights.
+  that both compute jaxreg's logits from jaxreg's weights;
+* a task's ``freeze`` (``cifar10``: airbench's whitening bias trains for the first
+  3 epochs only): ``jaxreg compare --freeze stem_bias=3``; PyTorch turns the
+  bias's ``requires_grad`` off at that step; the Keras peer refuses such a task
+  (``model.fit``'s compiled step keeps its trainable set);
+* the final evaluation: the test split with the task's test views, the train
+  split on its plain images (as ``jaxreg compare``).
 
 Known differences: the other nets keep each framework's default initialisers;
 Keras's EMA (``SGD(use_ema=True)``) averages the trainable weights only, without

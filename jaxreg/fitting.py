@@ -266,8 +266,7 @@ class EpochRunner:
             )
         order = self.order(state)
         steps, fuse = self.steps_per_epoch, self.loop.fuse
-        # the global step on the host, once per epoch (only when a freeze phase needs it)
-        step0 = 0 if self.trainer.freeze is None else int(np.max(np.asarray(state.step)))
+        step0 = _freeze_step0(self.trainer, state)
         total = None
         start = 0
         while start < steps:
@@ -276,6 +275,12 @@ class EpochRunner:
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
             start += n
         return state, total
+
+
+def _freeze_step0(trainer: Trainer, state: TrainState) -> int:
+    """The state's step read on the host (the furthest member's), when the
+    trainer's freeze phase depends on it; else 0 without waiting for the device."""
+    return 0 if trainer.freeze is None else int(np.max(np.asarray(state.step)))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -359,7 +364,7 @@ def choose_loop(
         scale, members = state.step.shape[0], None
         state = jax.tree.map(lambda a: a[0], state)
     timings = {}
-    first_step = 0 if trainer.freeze is None else int(np.max(np.asarray(state.step)))
+    first_step = _freeze_step0(trainer, state)
     for loop in cands:
         runner = EpochRunner(trainer, train[0].shape[0], batch_size, loop, members=members)
         copy = jax.tree.map(jnp.copy, state)

@@ -180,8 +180,8 @@ class Trainer:
             host and run one compiled program per phase; :meth:`step_fn` in
             your own ``jit`` takes the phase as ``freeze_on`` or, left None,
             branches with a ``lax.cond`` (on XLA:CPU with
-            :func:`jaxreg.cpu.fast_convolutions` the convolutions inside a
-            cond branch ran about 18x slower here).
+            :func:`jaxreg.cpu.fast_convolutions` a small Airbench step with its
+            convolutions inside cond branches ran 18x slower in a scratch timing).
         freeze_after: the step from which ``freeze`` holds (0: from the start,
             one phase).
     """

@@ -478,11 +478,10 @@ def run_keras(task: dict, config: str, seed: int) -> dict:
 
 
 def _run_keras(task: dict, config: str, seed: int) -> dict:
-    import keras
-    from keras import layers
-
     if task["freeze"]:  # model.fit's compiled step keeps its trainable set
         raise NotImplementedError(f"the Keras peer cannot freeze {task['freeze']} mid-run")
+    import keras
+    from keras import layers
 
     keras.utils.set_random_seed(seed)
     reg = _recipe(config)

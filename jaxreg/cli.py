@@ -99,8 +99,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tta",
-        action="store_true",
-        help="evaluate natural images as the mean logits of the image and its mirror",
+        nargs="?",
+        const="flip",
+        default=False,
+        choices=tuple(runner.TTA_VIEWS),
+        help="evaluate natural images as the mean logits over test views: flip (the "
+        "image and its mirror, the value when the flag is bare) or flip_translate "
+        "(also two copies shifted by a pixel, each with its mirror: six views)",
     )
     p.add_argument(
         "--freeze",

@@ -21,6 +21,8 @@ from scipy import ndimage
 from jaxreg.augment.erasing import cutout, random_erasing
 from jaxreg.augment.geometric import (
     affine_matrices,
+    flip_translate_views,
+    flip_views,
     random_affine,
     random_crop,
     random_crop_flip,
@@ -348,3 +350,39 @@ def test_sharded_batch_gives_the_unsharded_output():
     for name, (equal, n_devices) in report.items():
         assert equal, f"{name}: sharded output differs from the unsharded one"
         assert n_devices == 8, name
+
+
+# --------------------------------------------------------------------------- test-time views
+
+
+def test_flip_translate_views_are_shifted_reflections_and_their_mirrors():
+    x = jax.random.uniform(jax.random.key(0), (2, 6, 5, 3))
+    views = flip_translate_views(x, shift=2)
+    assert len(views) == 6 and all(v.shape == x.shape for v in views)
+    xn = np.asarray(x)
+    padded = np.pad(xn, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    down_right, up_left = padded[:, :6, :5], padded[:, 4:, 4:]
+    # the content moves by the shift: pixel (i, j) of the image is (i + 2, j + 2)
+    np.testing.assert_array_equal(down_right[:, 2:, 2:], xn[:, :-2, :-2])
+    np.testing.assert_array_equal(up_left[:, :-2, :-2], xn[:, 2:, 2:])
+    expected = [
+        xn,
+        xn[:, :, ::-1],
+        down_right,
+        down_right[:, :, ::-1],
+        up_left,
+        up_left[:, :, ::-1],
+    ]
+    for got, want in zip(views, expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    # the first two are flip_views
+    for got, want in zip(views[:2], flip_views(x), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    jitted = jax.jit(functools.partial(flip_translate_views, shift=2))(x)
+    np.testing.assert_array_equal(np.asarray(jitted[3]), expected[3])
+
+
+@pytest.mark.parametrize("shift", [0, -1, 1.5, True, 6])
+def test_flip_translate_views_rejects_bad_shift(shift):
+    with pytest.raises(ValueError, match="flip_translate_views: shift"):
+        flip_translate_views(jnp.zeros((1, 6, 8, 3)), shift=shift)

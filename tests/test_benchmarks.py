@@ -158,6 +158,43 @@ def test_bench_accuracy_cifar10_freezes_the_stem_bias(tmp_path):
         bench._run_keras(task, task["recipe"], 0)
 
 
+def test_bench_accuracy_torch_views_and_lookahead_are_jaxregs():
+    """The PyTorch peer's test views and Lookahead compute what jaxreg's do."""
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    import jaxreg
+    from jaxreg.experiments import runner
+
+    bench = _load("bench_accuracy")
+    x = np.random.default_rng(0).random((3, 6, 5, 2), dtype=np.float32)
+    for name, fn in runner.TTA_VIEWS.items():
+        got = bench._torch_views(torch.from_numpy(x).permute(0, 3, 1, 2), name)
+        want = fn(jnp.asarray(x))
+        assert len(got) == len(want) == (2 if name == "flip" else 6)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g.permute(0, 2, 3, 1).numpy(), np.asarray(w))
+    # Lookahead over plain SGD on a quadratic, 12 steps of 12 in total
+    w0 = np.array([2.0, -1.0, 0.5], np.float32)
+    curv = np.array([1.0, 0.3, 3.0], np.float32)
+    tx = optax.chain(optax.sgd(0.1), jaxreg.lookahead(5, runner.lookahead_step_size(12)))
+    params = jnp.asarray(w0)
+    state = tx.init(params)
+    p = torch.tensor(w0, requires_grad=True)
+    slow = [p.detach().clone()]
+    for step in range(12):
+        u, state = tx.update(curv * params, state, params)
+        params = optax.apply_updates(params, u)
+        with torch.no_grad():
+            p -= 0.1 * torch.from_numpy(curv) * p
+        bench._torch_lookahead(slow, [p], step, 12)
+        np.testing.assert_allclose(p.detach().numpy(), np.asarray(params), rtol=1e-5)
+    assert not np.allclose(np.asarray(params), w0 * (1 - 0.1 * curv) ** 12)  # it pulled
+
+
 def test_bench_accuracy_smoke(tmp_path, capsys):
     import importlib.util
 

@@ -138,6 +138,8 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--model-field", "depth=3"], "NAME one of channels, dense (model cnn)"),
         (["compare", "--model-field", "dense=wide"], "dense: 'wide' is not a number"),
         (["compare", "--tta"], "tta (mirrored test views) needs natural images"),
+        (["compare", "--tta", "flip_translate"], "tta (mirrored test views) needs natural"),
+        (["compare", "--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
         (["compare", "--freeze", "stem"], "--freeze must be REGEX=EPOCHS"),
         (["compare", "--freeze", "a=-1"], "EPOCHS a number >= 0, got 'a=-1'"),
         (["compare", "--freeze", "(=1"], "--freeze: '(' is not a regular expression"),

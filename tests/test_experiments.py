@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from jaxreg import data as data_lib
+from jaxreg.augment import flip_views
 from jaxreg.experiments import configs, report, runner
 from jaxreg.experiments.configs import Regularization, parse_config
 from jaxreg.fitting import Loop
 from jaxreg.models import whitening_init
+from tests.conftest import assert_trees_close
 
 
 def test_parse_config_names_values_and_all():
@@ -40,6 +42,7 @@ def test_parse_config_names_values_and_all():
         ("dropout=1.5", r"dropout must lie in \[0, 1\)"),
         ("l2=-1", "must be >= 0"),
         ("batchnorm=1", "takes no value"),
+        ("lookahead=0.5", "takes no value"),
         ("early_stopping=2.5", "patience must be an int"),
         ("", "non-empty"),
     ],
@@ -134,6 +137,36 @@ def test_build_turns_each_regularizer_on(digits):
             assert float(jnp.linalg.norm(leaf, axis=0).max()) <= 0.5 + 1e-5
     _, _, es = runner.build(parse_config("early_stopping=2"), "mlp", digits)
     assert es.patience == 2 and es.restore_best_weights and es.monitor == "val_loss"
+
+
+def test_build_lookahead_pulls_the_params_to_airbench_slow_weights(digits):
+    reg = parse_config("lookahead")
+    with pytest.raises(ValueError, match="lookahead needs total_steps"):
+        runner.build(reg, "mlp", digits, optimizer="sgd", learning_rate=0.1)
+    trainer, hp, _ = runner.build(
+        reg, "mlp", digits, optimizer="sgd", learning_rate=0.1, total_steps=10
+    )
+    plain, _, _ = runner.build(
+        parse_config("none"), "mlp", digits, optimizer="sgd", learning_rate=0.1
+    )
+    key = jax.random.key(0)
+    state, ref = (
+        trainer.init(key, digits.train[0][:32], hp),
+        plain.init(key, digits.train[0][:32], {}),
+    )
+    start = jax.tree.map(np.array, state.params)  # the step donates the state
+    for i in range(5):
+        batch = digits.train[0][32 * i : 32 * (i + 1)], digits.train[1][32 * i : 32 * (i + 1)]
+        state, _ = trainer.train_step(state, batch)
+        ref, _ = plain.train_step(ref, batch)
+        if i < 4:  # between syncs: the plain optimizer's fast weights
+            assert_trees_close(state.params, ref.params, rtol=1e-6, atol=1e-7)
+    # the 5th update syncs: slow = start + a * (fast - start), a = 1 - 0.95**5 * (5/10)**3
+    a = 1 - 0.95**5 * 0.5**3
+    assert float(runner.lookahead_step_size(10)(4)) == pytest.approx(a)
+    want = jax.tree.map(lambda s0, f: s0 + a * (f - s0), start, ref.params)
+    assert_trees_close(state.params, want, rtol=1e-5, atol=1e-6)
+    assert float(runner.lookahead_step_size(10)(0)) == pytest.approx(1 - 0.95**5 * 1e-3)
 
 
 def test_augmentation_shifts_signals_and_images():
@@ -283,7 +316,7 @@ def test_airbench_gets_its_whitening_stem_from_the_training_images():
     assert trainer.module(hp).whitening == given
 
 
-def test_tta_averages_the_logits_of_the_image_and_its_mirror():
+def test_tta_averages_the_logits_of_the_image_and_its_mirror(monkeypatch):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((12, 8, 8, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 12), jnp.int32)
@@ -306,12 +339,39 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror():
     final = runner._final(trainer, state, data, ema=False)
     assert final["train_loss"] == pytest.approx(plain["loss"])
     assert final["test_loss"] == pytest.approx(views["loss"])
+    # the train figures cover the first TRAIN_EVAL_SIZE images of the split
+    monkeypatch.setattr(runner, "TRAIN_EVAL_SIZE", 5)
+    head = runner.evaluate(dataclasses.replace(trainer, tta=None), state, x[:5], y[:5])
+    assert head["loss"] != pytest.approx(plain["loss"])
+    assert runner._final(trainer, state, data, ema=False)["train_loss"] == pytest.approx(
+        head["loss"]
+    )
     bad = dataclasses.replace(trainer, tta=lambda v: (v[:, :4],))
     with pytest.raises(ValueError, match="tta must return a non-empty sequence"):
         bad.eval_fn(state, (x, y))
     mnist = runner.Data("mnist", (x, y), None, None, 10)
     with pytest.raises(ValueError, match=r"tta \(mirrored test views\) needs natural images"):
         runner.build(parse_config("none"), "cnn", mnist, tta=True)
+
+
+def test_tta_flip_translate_averages_six_views():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.random((6, 8, 8, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 6), jnp.int32)
+    data = runner.Data("cifar10", (x, y), None, (x, y), 10)
+    trainer, hp, _ = runner.build(parse_config("none"), "cnn", data, tta="flip_translate")
+    state = trainer.init(jax.random.key(0), x, hp)
+    module = trainer.module(state.hparams)
+    logits = lambda v: module.apply({"params": state.params}, v, train=False)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = (x, padded[:, :8, :8], padded[:, 2:, 2:])
+    mean = sum(logits(v) + logits(v[:, :, ::-1]) for v in shifted) / 6
+    got = trainer.eval_logits(state.hparams, state.params, state.batch_stats, x)
+    np.testing.assert_allclose(got, mean, rtol=1e-5, atol=1e-6)
+    flip, _, _ = runner.build(parse_config("none"), "cnn", data, tta="flip")
+    assert flip.tta is flip_views
+    with pytest.raises(ValueError, match="tta must be one of flip, flip_translate"):
+        runner.build(parse_config("none"), "cnn", data, tta="mirror")
 
 
 def test_val_fraction_zero_trains_on_the_whole_split(digits, tmp_path):

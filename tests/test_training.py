@@ -254,10 +254,22 @@ def test_choose_loop_measures_every_candidate_and_leaves_the_state_alone():
     tr = _trainer()
     state = tr.init(jax.random.key(6), X[:16])
     before = jax.tree.map(np.asarray, state.params)
-    loop, timings = choose_loop(tr, state, (X, Y), batch_size=16)
+    loop, timings = choose_loop(tr, state, (X, Y), batch_size=16, slow_step=float("inf"))
     assert set(timings) == {"python loop", "scan 6 steps, unroll 1", "scan 6 steps, unroll 6"}
     assert loop.name in timings and timings[loop.name] == min(timings.values())
     assert_trees_close(state.params, before, rtol=0, atol=0)
+
+
+def test_choose_loop_stops_at_a_slow_python_step():
+    """A step slower than ``slow_step`` ends the search before any fused program."""
+    tr = _trainer()
+    state = tr.init(jax.random.key(6), X[:16])
+    loop, timings = choose_loop(tr, state, (X, Y), batch_size=16, slow_step=0.0)
+    assert loop == Loop(1, 1) and list(timings) == ["python loop"]
+    # explicit candidates are always all timed
+    cands = [Loop(1, 1), Loop(3, 1)]
+    _, timings = choose_loop(tr, state, (X, Y), batch_size=16, slow_step=0.0, candidates=cands)
+    assert set(timings) == {"python loop", "scan 3 steps, unroll 1"}
 
 
 def test_fit_learns_and_resume_equals_uninterrupted(tmp_path):

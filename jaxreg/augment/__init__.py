@@ -9,6 +9,7 @@ from jaxreg.augment.color import color_jitter, gaussian_noise
 from jaxreg.augment.erasing import cutout, random_erasing
 from jaxreg.augment.geometric import (
     affine_matrices,
+    flip_translate_views,
     flip_views,
     random_affine,
     random_crop,
@@ -26,6 +27,7 @@ __all__ = [
     "compose",
     "cutmix",
     "cutout",
+    "flip_translate_views",
     "flip_views",
     "gaussian_noise",
     "mixup",

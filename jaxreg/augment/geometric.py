@@ -32,7 +32,15 @@ from jaxreg.augment._common import (
     to_float,
 )
 
-__all__ = ["affine_matrices", "random_affine", "random_crop", "random_crop_flip", "random_flip"]
+__all__ = [
+    "affine_matrices",
+    "flip_translate_views",
+    "flip_views",
+    "random_affine",
+    "random_crop",
+    "random_crop_flip",
+    "random_flip",
+]
 
 _MODES = ("reflect", "constant")
 _INTERPOLATIONS = ("bilinear", "nearest")
@@ -302,6 +310,35 @@ def flip_views(images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     check_images("flip_views", images)
     return images, images[:, :, ::-1]
+
+
+def flip_translate_views(images: jax.Array, shift: int = 1) -> tuple[jax.Array, ...]:
+    """Test-time views: :func:`flip_views` of the batch and of two translated copies.
+
+    The copies move the content by ``shift`` pixels down-right and up-left
+    (reflect padding at the edges they uncover), and each comes with its mirror:
+    six views, airbench's level-2 test-time augmentation (flip and translate) for
+    :class:`jaxreg.Trainer`'s ``tta`` field, which averages the logits over them.
+
+    Example:
+      >>> x = jnp.arange(9.0).reshape(1, 3, 3, 1)  # rows 0 1 2 / 3 4 5 / 6 7 8
+      >>> down_right = flip_translate_views(x)[2]
+      >>> down_right[0, 1:, 1:, 0].tolist()
+      [[0.0, 1.0], [3.0, 4.0]]
+    """
+    check_images("flip_translate_views", images)
+    if not isinstance(shift, int) or isinstance(shift, bool) or shift < 1:
+        raise ValueError(f"flip_translate_views: shift must be an int >= 1, got {shift!r}.")
+    _, h, w, _ = images.shape
+    if shift >= min(h, w):
+        raise ValueError(
+            f"flip_translate_views: shift={shift} must be below the image size {h}x{w} "
+            "(reflect padding)."
+        )
+    s = shift
+    padded = jnp.pad(images, ((0, 0), (s, s), (s, s), (0, 0)), mode="reflect")
+    views = [images, padded[:, :h, :w], padded[:, 2 * s :, 2 * s :]]
+    return tuple(v for x in views for v in (x, x[:, :, ::-1]))
 
 
 # --------------------------------------------------------------------------- affine

@@ -21,6 +21,9 @@ combined. The name of a config is its spec as written.
 ``max_norm``        per-unit max-norm constraint on kernels
 ``clipping``        clip the gradient's global norm to the value
 ``ema``             evaluate an exponential moving average of the parameters
+``lookahead``       Lookahead on the optimizer (no value): airbench94's slow
+                    weights, synced every 5 steps with a pull that grows
+                    toward the end of the run (:func:`jaxreg.lookahead`)
 =================== ============================================================
 """
 
@@ -41,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "max_norm": 3.0,
     "clipping": 1.0,
     "ema": 0.99,
+    "lookahead": True,
 }
 
 #: what ``all`` switches on.
@@ -71,6 +75,7 @@ class Regularization:
     max_norm: float | None = None
     clipping: float | None = None
     ema: float | None = None
+    lookahead: bool = False
 
     def active(self) -> dict[str, Any]:
         """``{regularizer: value}`` of what is on."""

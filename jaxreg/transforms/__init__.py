@@ -1,5 +1,7 @@
-"""optax ``GradientTransformation``s: weight decay, proximal steps, constraints, clipping."""
+"""optax ``GradientTransformation``s: weight decay, proximal steps, constraints, clipping,
+lookahead."""
 
+from jaxreg.transforms.averaging import LookaheadState, lookahead
 from jaxreg.transforms.clipping import (
     AdaptiveGradClipState,
     ClipByGlobalNormState,
@@ -45,6 +47,7 @@ __all__ = [
     "ClipByUnitNormState",
     "KeepMaxNormState",
     "KeepMinMaxNormState",
+    "LookaheadState",
     "ProxElasticNetState",
     "ProxGroupLassoState",
     "ProxL1State",
@@ -63,6 +66,7 @@ __all__ = [
     "keep_min_max_norm",
     "keep_non_negative",
     "keep_unit_norm",
+    "lookahead",
     "prox_elastic_net",
     "prox_group_lasso",
     "prox_l1",

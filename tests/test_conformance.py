@@ -136,6 +136,17 @@ REGISTRY = [
         supports_mask_arg=False,
     ),
 ]
+REGISTRY.append(
+    Case(
+        "lookahead",
+        jaxreg.lookahead,
+        {"sync_period": 2, "slow_step_size": 0.5},
+        "slow_step_size",
+        (0.0, 0.5, 1.0),
+        static_args=("sync_period",),
+        supports_mask_arg=False,
+    )
+)
 # Transforms with no numeric hyperparameter: checked by the parts that apply.
 NO_HYPER = [
     Case("keep_unit_norm", jaxreg.keep_unit_norm, {}, ""),

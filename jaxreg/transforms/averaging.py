@@ -59,10 +59,15 @@ def lookahead(sync_period: int = 5, slow_step_size: Hyper = 0.5) -> optax.Gradie
     check_hyper("lookahead: slow_step_size", slow_step_size)
     check_unit_interval("lookahead: slow_step_size", slow_step_size)
 
-    def init_fn(params):
+    def slow_copy(w):
+        dt = compute_dtype(w.dtype)
+        if isinstance(w, jax.ShapeDtypeStruct):  # abstract params: an abstract state
+            return jax.ShapeDtypeStruct(w.shape, dt)
         # a copy: the slow weights must not alias params a train step donates
-        slow = jax.tree.map(lambda w: jnp.array(w, compute_dtype(w.dtype), copy=True), params)
-        return LookaheadState(init_count(params), slow)
+        return jnp.array(w, dt, copy=True)
+
+    def init_fn(params):
+        return LookaheadState(init_count(params), jax.tree.map(slow_copy, params))
 
     def update_fn(updates, state, params=None):
         require_params(params, "lookahead")

@@ -435,9 +435,11 @@ def _torch_lookahead(slow: list, params: list, step: int, total: int) -> None:
     param, ``requires_grad`` off, keeps its own, as jaxreg's frozen leaves)."""
     import torch
 
+    from jaxreg.experiments.runner import lookahead_step_size
+
     if (step + 1) % 5:
         return
-    a = 1.0 - 0.95**5 * min((step + 1) / total, 1.0) ** 3
+    a = float(lookahead_step_size(total)(step))
     with torch.no_grad():
         for s, p in zip(slow, params, strict=True):
             s.lerp_(p, a)

@@ -75,6 +75,7 @@ _DEFAULTS = {
     "schedule": "cosine",
     "val_fraction": 0.02,
     "tta": False,  # or jaxreg compare's --tta views: "flip", "flip_translate"
+    "flip": "random",  # jaxreg compare's --flip: "random" or "alternating" (airbench)
     "retain_memory": False,
     "fast_conv": False,
     "freeze": None,  # (path regex, epochs): `jaxreg compare --freeze REGEX=EPOCHS`
@@ -111,8 +112,8 @@ TASKS = {
         "lr": 3e-3,
     },
     # airbench94's net (its widths and kernel init), its whitening bias trained for 3
-    # epochs, its six test views, no EMA (the final weights at the end of the
-    # triangle); 7 epochs fit 45 minutes with --fast-conv
+    # epochs, its alternating flips, its six test views, no EMA (the final weights at
+    # the end of the triangle); 7 epochs fit 45 minutes with --fast-conv
     "cifar10": {
         **_CIFAR10,
         "recipe": "augmentation=0.5+label_smoothing=0.2+l2=1.36e-3",
@@ -120,6 +121,7 @@ TASKS = {
         "epochs": 7,
         "freeze": ("stem_bias", 3),
         "tta": "flip_translate",
+        "flip": "alternating",
     },
     # a quarter of its FLOPs with flax's default kernel init, 23 epochs (the earlier best)
     "cifar10_small": {
@@ -171,6 +173,8 @@ def cli_args(task: dict, config: str, seed: int, out: Path) -> list[str]:
         args += ["--model-field", f"{name}={text}"]
     if task["tta"] and config != "none":
         args += ["--tta", task["tta"]]
+    if task["flip"] != "random":
+        args += ["--flip", task["flip"]]
     if task["retain_memory"]:
         args.append("--retain-memory")
     if task["fast_conv"]:
@@ -354,24 +358,10 @@ def run_torch(task: dict, config: str, seed: int) -> dict:
 
     xs, ys = to_torch(x), torch.from_numpy(y.astype(np.int64))
     gen = np.random.default_rng(seed)
-
-    def augment(batch):
-        if signal:  # shift by U{-pad..pad}, repeating the edge values
-            n, c, length = batch.shape
-            shift = torch.from_numpy(gen.integers(-pad, pad + 1, n))
-            idx = (torch.arange(length)[None] + shift[:, None]).clamp(0, length - 1)
-            return batch.gather(2, idx[:, None, :].expand(n, c, length))
-        n, _, h, w = batch.shape
-        padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect" if natural else "constant")
-        dy = torch.from_numpy(gen.integers(0, 2 * pad + 1, n))
-        dx = torch.from_numpy(gen.integers(0, 2 * pad + 1, n))
-        rows = dy[:, None] + torch.arange(h)[None]
-        cols = dx[:, None] + torch.arange(w)[None]
-        if natural:  # mirror half of the images
-            flip = torch.from_numpy(gen.random(n) < 0.5)
-            cols = torch.where(flip[:, None], cols.flip(1), cols)
-        out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    flip = None
+    if natural:  # alternating: each example's orientation in epoch 0, drawn once
+        first = gen.random(x.shape[0]) < 0.5 if task["flip"] == "alternating" else None
+        flip = (task["flip"], None if first is None else torch.from_numpy(first))
 
     slow = [p.detach().clone() for p in trained] if reg.get("lookahead") else None
     freeze_at = None  # airbench: the stem's bias stops training (requires_grad off)
@@ -382,14 +372,14 @@ def run_torch(task: dict, config: str, seed: int) -> dict:
             )
         freeze_at = round(task["freeze"][1] * steps_per_epoch)
     step = 0
-    for _ in range(task["epochs"]):
+    for epoch in range(task["epochs"]):
         model.train()
         perm = torch.from_numpy(gen.permutation(x.shape[0]))
         for i in range(steps_per_epoch):
             idx = perm[i * task["batch_size"] : (i + 1) * task["batch_size"]]
             xb, yb = xs[idx], ys[idx]
             if pad:
-                xb = augment(xb)
+                xb = _torch_augment(xb, gen, pad, flip, idx, epoch)
             if step == freeze_at:
                 model[0].bias.requires_grad_(False)  # SGD then skips it (grad None)
             for g in opt.param_groups:
@@ -426,6 +416,42 @@ def run_torch(task: dict, config: str, seed: int) -> dict:
         return correct / a.shape[0]
 
     return _finish(accuracy, (x, y), (xt, yt), t0, {"torch": torch.__version__})
+
+
+def _torch_augment(batch, gen, pad: int, flip, idx, epoch: int):
+    """The runner's augmentation of a PyTorch batch (NCHW images or NCL signals).
+
+    Images: a random crop of the batch padded by ``pad`` (reflect padding for
+    natural images, zeros else); ``flip`` None (no flips), ``("random", _)``
+    (each image with probability 1/2) or ``("alternating", first)``: example
+    ``idx[n]`` mirrored iff ``first[idx[n]] XOR (epoch odd)``, as
+    :func:`jaxreg.augment.alternating_flip`. Signals: shifts by ``U{-pad..pad}``
+    repeating the edge values. Draws come from the NumPy generator ``gen``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if batch.ndim == 3:  # MNIST-1D signals (N, C, L)
+        n, c, length = batch.shape
+        shift = torch.from_numpy(gen.integers(-pad, pad + 1, n))
+        pos = (torch.arange(length)[None] + shift[:, None]).clamp(0, length - 1)
+        return batch.gather(2, pos[:, None, :].expand(n, c, length))
+    n, _, h, w = batch.shape
+    mode = "constant" if flip is None else "reflect"
+    padded = F.pad(batch, (pad, pad, pad, pad), mode=mode)
+    dy = torch.from_numpy(gen.integers(0, 2 * pad + 1, n))
+    dx = torch.from_numpy(gen.integers(0, 2 * pad + 1, n))
+    rows = dy[:, None] + torch.arange(h)[None]
+    cols = dx[:, None] + torch.arange(w)[None]
+    if flip is not None:
+        kind, first = flip
+        if kind == "alternating":
+            mirror = first[idx] ^ bool(epoch % 2)
+        else:
+            mirror = torch.from_numpy(gen.random(n) < 0.5)
+        cols = torch.where(mirror[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
 def _torch_lookahead(slow: list, params: list, step: int, total: int) -> None:
@@ -529,6 +555,8 @@ def _run_keras(task: dict, config: str, seed: int) -> dict:
     reg = _recipe(config)
     if reg.get("lookahead"):  # Keras 3 has no Lookahead optimizer
         raise NotImplementedError("the Keras peer has no lookahead")
+    if task["flip"] != "random":  # its augmentation layers do not see example indices
+        raise NotImplementedError(f"the Keras peer has no {task['flip']} flip")
     import keras
     from keras import layers
 

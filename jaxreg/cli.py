@@ -108,6 +108,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "(also two copies shifted by a pixel, each with its mirror: six views)",
     )
     p.add_argument(
+        "--flip",
+        choices=runner.FLIPS,
+        default="random",
+        help="the augmentation config's horizontal flips on natural images: random "
+        "(default) or alternating (airbench: each example's mirror alternates per epoch)",
+    )
+    p.add_argument(
         "--freeze",
         default=None,
         metavar="REGEX=EPOCHS",
@@ -282,6 +289,7 @@ def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
         "optimizer": args.optimizer,
         "momentum": args.momentum,
         "tta": args.tta,
+        "flip": args.flip,
         "freeze": _freeze(args.freeze),
         "seed": args.seed,
         "model_fields": _model_fields(args.model_field, model),

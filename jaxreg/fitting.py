@@ -109,8 +109,11 @@ class EpochRunner:
 
         def body(st, row, log_norms=None):
             idx = order[row]
+            extra = {}
+            if self.trainer.augment_index:
+                extra = {"index": idx, "epoch": st.step // self.steps_per_epoch}
             new, metrics = self.trainer.step_fn(
-                st, (x[idx], y[idx]), log_norms=log_norms, freeze_on=freeze_on
+                st, (x[idx], y[idx]), log_norms=log_norms, freeze_on=freeze_on, **extra
             )
             if frozen is not None:  # a stopped sweep member keeps its state
                 new = tree_where(frozen, st, new)

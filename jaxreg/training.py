@@ -140,6 +140,12 @@ class Trainer:
             added to the loss and logged as ``penalty/<name>``.
         augment: ``(key, images, labels, hparams) -> (images, labels)`` applied
             on device inside the step (see :func:`image_augment`).
+        augment_index: the augment also takes the keywords ``index`` (the
+            batch's example indices in the training set) and ``epoch``, for
+            augmentation that follows each example across epochs (e.g.
+            :func:`jaxreg.augment.alternating_flip`). :func:`jaxreg.fit` and
+            :func:`jaxreg.sweep` pass them; :meth:`step_fn` and
+            :meth:`train_step` take them as ``index=`` and ``epoch=``.
         ema_decay: decay of the parameter EMA in [0, 1), or None for no EMA.
         tta: test-time augmentation for evaluation, or None: ``images -> views``
             (a sequence of batches of the same shape, e.g.
@@ -191,6 +197,7 @@ class Trainer:
     loss: Callable | None = None
     penalties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     augment: Callable | None = None
+    augment_index: bool = False
     ema_decay: float | None = None
     tta: Callable | None = None
     ema_warmup: bool = True
@@ -226,6 +233,10 @@ class Trainer:
             raise ValueError(
                 f"Trainer: log_norms must be True, False or 'sampled', got {self.log_norms!r}."
             )
+        if not isinstance(self.augment_index, bool):
+            raise TypeError(f"Trainer: augment_index must be a bool, got {self.augment_index!r}.")
+        if self.augment_index and self.augment is None:
+            raise ValueError("Trainer: augment_index=True needs an augment.")
         if self.tta is not None and not callable(self.tta):
             raise TypeError(f"Trainer: tta must be a callable images -> views, got {self.tta!r}.")
         check_mask(self.freeze, "Trainer: freeze")
@@ -433,6 +444,8 @@ class Trainer:
         *,
         log_norms: bool | None = None,
         freeze_on: bool | None = None,
+        index: jax.Array | None = None,
+        epoch: jax.Array | int | None = None,
     ) -> tuple[TrainState, dict]:
         """One training step, not jitted (compose it in your own ``jit``/``scan``/``vmap``).
 
@@ -444,7 +457,9 @@ class Trainer:
         ``clipped``. A skipped update is one whose loss or gradient norm (and,
         when it is logged, update norm) is not finite. ``freeze_on`` (static):
         whether the trainer's ``freeze`` holds in this step; None decides from
-        ``state.step`` inside the program (a ``lax.cond``).
+        ``state.step`` inside the program (a ``lax.cond``). ``index`` (the
+        batch's example indices) and ``epoch``: for an ``augment_index``
+        augment (required then, ignored otherwise).
         """
         if log_norms is None:
             log_norms = bool(self.log_norms)
@@ -453,7 +468,14 @@ class Trainer:
         step_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
         keys = jax.random.split(step_key, len(self.rng_streams) + 1)
         rngs = {s: keys[i] for i, s in enumerate(self.rng_streams)}
-        if self.augment is not None:
+        if self.augment_index:
+            if index is None or epoch is None:
+                raise ValueError(
+                    "Trainer(augment_index=True): step_fn needs index= (the batch's example "
+                    "indices in the training set) and epoch=; jaxreg.fit passes them."
+                )
+            x, labels = self.augment(keys[-1], x, labels, hp, index=index, epoch=epoch)
+        elif self.augment is not None:
             x, labels = self.augment(keys[-1], x, labels, hp)
 
         frozen = (
@@ -610,10 +632,10 @@ class Trainer:
         if self.freeze is None or self.freeze_after == 0:
             return jitted
 
-        def step(state, batch, *, log_norms=None, freeze_on=None):
+        def step(state, batch, *, log_norms=None, freeze_on=None, **augment_args):
             if freeze_on is None and np.ndim(state.step) == 0:
                 freeze_on = self.freeze_phase(int(state.step))
-            return jitted(state, batch, log_norms=log_norms, freeze_on=freeze_on)
+            return jitted(state, batch, log_norms=log_norms, freeze_on=freeze_on, **augment_args)
 
         return step
 

@@ -21,6 +21,7 @@ from scipy import ndimage
 from jaxreg.augment.erasing import cutout, random_erasing
 from jaxreg.augment.geometric import (
     affine_matrices,
+    alternating_flip,
     flip_translate_views,
     flip_views,
     random_affine,
@@ -386,3 +387,61 @@ def test_flip_translate_views_are_shifted_reflections_and_their_mirrors():
 def test_flip_translate_views_rejects_bad_shift(shift):
     with pytest.raises(ValueError, match="flip_translate_views: shift"):
         flip_translate_views(jnp.zeros((1, 6, 8, 3)), shift=shift)
+
+
+# --------------------------------------------------------------------------- alternating flip
+
+
+def _orientation(out):
+    """Per example: True when the column ramp of ``_ramp`` reads right-to-left."""
+    return np.asarray(out[:, 0, 0, 0] > out[:, 0, -1, 0])
+
+
+def _ramp(n, dtype=jnp.uint8):
+    row = jnp.arange(4, dtype=dtype).reshape(1, 1, 4, 1)
+    return jnp.broadcast_to(row, (n, 2, 4, 3))
+
+
+def test_alternating_flip_alternates_each_examples_mirror_from_epoch_to_epoch():
+    n = 4000
+    x, index = _ramp(n), jnp.arange(n) * 3 + 5
+    seen = [_orientation(alternating_flip(KEY, x, index, e)) for e in range(4)]
+    # epoch 0 mirrors about half of the examples, like random flipping ...
+    assert abs(seen[0].mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+    # ... and every later epoch mirrors exactly those the previous one did not
+    for e in range(1, 4):
+        np.testing.assert_array_equal(seen[e], ~seen[e - 1])
+    flipped = alternating_flip(KEY, x, index, 1)
+    np.testing.assert_array_equal(
+        np.asarray(flipped), np.where(seen[1][:, None, None, None], x[:, :, ::-1], x)
+    )
+    assert flipped.dtype == jnp.uint8
+
+
+def test_alternating_flip_depends_on_the_example_not_its_place_in_the_batch():
+    n = 64
+    x, index = _ramp(n, jnp.float32), jnp.arange(n)
+    perm = np.random.default_rng(0).permutation(n)
+    whole = alternating_flip(KEY, x, index, 0)
+    shuffled = alternating_flip(KEY, x[perm], index[perm], 0)
+    np.testing.assert_array_equal(np.asarray(shuffled), np.asarray(whole)[perm])
+    half = alternating_flip(KEY, x[:32], index[:32], 0)  # a batch of the first half
+    np.testing.assert_array_equal(np.asarray(half), np.asarray(whole)[:32])
+    other = alternating_flip(jax.random.key(1), x, index, 0)  # another run's key
+    assert (_orientation(other) != _orientation(whole)).any()
+    jitted = jax.jit(alternating_flip)(KEY, x, index, jnp.int32(2))  # a traced epoch
+    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(whole))
+
+
+@pytest.mark.parametrize(
+    "index, epoch, match",
+    [
+        (jnp.arange(3), 0, r"index must be an integer vector .* \(4,\)"),
+        (jnp.arange(4.0), 0, "index must be an integer vector"),
+        (jnp.arange(4), 1.0, "epoch must be an integer scalar"),
+        (jnp.arange(4), jnp.arange(2), "epoch must be an integer scalar"),
+    ],
+)
+def test_alternating_flip_rejects_bad_index_and_epoch(index, epoch, match):
+    with pytest.raises(ValueError, match="alternating_flip: " + match):
+        alternating_flip(KEY, _ramp(4), index, epoch)

@@ -195,6 +195,31 @@ def test_bench_accuracy_torch_views_and_lookahead_are_jaxregs():
     assert not np.allclose(np.asarray(params), w0 * (1 - 0.1 * curv) ** 12)  # it pulled
 
 
+def test_bench_accuracy_torch_alternating_flip_is_jaxregs_rule():
+    """The PyTorch peer mirrors example i in epoch e iff first[i] XOR (e odd)."""
+    import numpy as np
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    bench = _load("bench_accuracy")
+    x = torch.from_numpy(np.random.default_rng(0).random((8, 3, 6, 6), dtype=np.float32))
+    first = torch.tensor([True, False] * 10)
+    idx = torch.tensor([3, 0, 7, 12, 5, 19, 2, 8])
+
+    def out(flip, epoch):
+        gen = np.random.default_rng(1)  # the same crops in every call
+        return bench._torch_augment(x, gen, 2, flip, idx, epoch)
+
+    plain = out(("alternating", torch.zeros(20, dtype=torch.bool)), 0)  # crops, no mirror
+    e0, e1, e2 = (out(("alternating", first), e) for e in range(3))
+    for n, i in enumerate(idx.tolist()):
+        want = plain[n].flip(2) if first[i] else plain[n]
+        assert torch.equal(e0[n], want)
+    assert torch.equal(e1, e0.flip(3)) and torch.equal(e2, e0)
+    random = out(("random", None), 0)
+    assert random.shape == plain.shape and not torch.equal(random, e0)
+
+
 def test_bench_accuracy_smoke(tmp_path, capsys):
     import importlib.util
 

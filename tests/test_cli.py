@@ -74,6 +74,7 @@ def test_optimizer_schedule_model_fields_and_no_validation_split(tmp_path, capsy
     argv += ["--freeze", "Dense_1/bias=1.5"]
     assert cli.main(argv) == 0
     assert seen["optimizer"] == "sgd" and seen["tta"] is False and seen["momentum"] == 0.8
+    assert seen["flip"] == "random"  # the default
     assert seen["freeze"] == ("Dense_1/bias", 24)  # 1.5 epochs of 16 steps
     assert seen["model_fields"] == {"channels": (4, 8), "dense": 16}
     assert float(seen["learning_rate"](0)) == pytest.approx(0.02)  # triangle: 0.2 x lr at step 0
@@ -140,6 +141,8 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--tta"], "tta (mirrored test views) needs natural images"),
         (["compare", "--tta", "flip_translate"], "tta (mirrored test views) needs natural"),
         (["compare", "--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
+        (["compare", "--flip", "alternating"], "flip='alternating' needs natural images"),
+        (["compare", "--flip", "always"], "argument --flip: invalid choice: 'always'"),
         (["compare", "--freeze", "stem"], "--freeze must be REGEX=EPOCHS"),
         (["compare", "--freeze", "a=-1"], "EPOCHS a number >= 0, got 'a=-1'"),
         (["compare", "--freeze", "(=1"], "--freeze: '(' is not a regular expression"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxreg import data as data_lib
-from jaxreg.augment import flip_views
+from jaxreg.augment import flip_views, random_crop
 from jaxreg.experiments import configs, report, runner
 from jaxreg.experiments.configs import Regularization, parse_config
 from jaxreg.fitting import Loop
@@ -372,6 +372,38 @@ def test_tta_flip_translate_averages_six_views():
     assert flip.tta is flip_views
     with pytest.raises(ValueError, match="tta must be one of flip, flip_translate"):
         runner.build(parse_config("none"), "cnn", data, tta="mirror")
+
+
+def test_alternating_flip_mirrors_each_example_in_every_other_epoch():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.random((40, 8, 8, 3)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 40), jnp.int32)
+    data = runner.Data("cifar10", (x, y), None, (x, y), 10)
+    reg = parse_config("augmentation=0.5")
+    trainer, hp, _ = runner.build(reg, "cnn", data, flip="alternating", seed=3)
+    assert trainer.augment_index
+    key, index = jax.random.key(0), jnp.arange(40)
+    out = [trainer.augment(key, x, y, hp, index=index, epoch=e)[0] for e in range(3)]
+    # the same crop (same step key) mirrored: epoch 1 is epoch 0's mirror, epoch 2 is epoch 0
+    np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(out[0])[:, :, ::-1])
+    np.testing.assert_array_equal(np.asarray(out[2]), np.asarray(out[0]))
+    crop = random_crop(key, x, padding=1, mode="reflect")
+    mirrored = np.all(np.asarray(out[0]) == np.asarray(crop)[:, :, ::-1], axis=(1, 2, 3))
+    assert 0 < mirrored.sum() < 40  # some examples start mirrored, some do not
+    np.testing.assert_array_equal(np.asarray(out[0])[~mirrored], np.asarray(crop)[~mirrored])
+    other, _, _ = runner.build(reg, "cnn", data, flip="alternating", seed=4)
+    assert not np.array_equal(other.augment(key, x, y, hp, index=index, epoch=0)[0], out[0])
+    plain, _, _ = runner.build(reg, "cnn", data)  # random flips: the default
+    assert not plain.augment_index
+    r = runner.run_config(
+        reg, data, model="mlp", epochs=2, batch_size=8, loop=Loop(1, 1), flip="alternating"
+    )
+    assert r["epochs_run"] == 2 and np.isfinite(r["test_loss"])
+    with pytest.raises(ValueError, match="flip must be one of random, alternating, got 'mirror'"):
+        runner.build(reg, "cnn", data, flip="mirror")
+    mnist = runner.Data("mnist", (x, y), None, None, 10)
+    with pytest.raises(ValueError, match=r"flip='alternating' needs natural images"):
+        runner.build(reg, "cnn", mnist, flip="alternating")
 
 
 def test_val_fraction_zero_trains_on_the_whole_split(digits, tmp_path):

@@ -166,6 +166,41 @@ def test_augment_and_soft_labels_in_the_step():
     np.testing.assert_array_equal(lab, Y[:2])
 
 
+def test_augment_index_gets_each_examples_index_and_epoch_from_fit_and_sweep():
+    seen = []
+
+    def record(images, index, epoch):
+        seen.append((np.asarray(images), np.asarray(index), np.asarray(epoch)))
+
+    def aug(key, images, labels, hparams, *, index, epoch):
+        jax.debug.callback(record, images, index, epoch)
+        return images, labels
+
+    tr = _trainer(augment=aug, augment_index=True)
+    fit(tr, tr.init(jax.random.key(3), X[:16]), (X, Y), epochs=2, batch_size=16, loop=Loop(3, 1))
+    assert len(seen) == 12  # 2 epochs of 96 / 16 steps
+    for e in (0, 1):
+        rows = [(x, i) for x, i, ep in seen if int(ep) == e]
+        index = np.concatenate([i for _, i in rows])
+        assert sorted(index.tolist()) == list(range(96))  # each example once per epoch
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in rows]), np.asarray(X)[index])
+    seen.clear()
+    sweep(
+        tr, {"l2": [0.0, 1e-2]}, (X, Y), key=jax.random.key(0), epochs=2, batch_size=48,
+        mode="vmap", loop=Loop(2, 1),
+    )  # fmt: skip
+    assert sorted(int(e) for *_, e in seen) == [0] * 4 + [1] * 4  # 2 members x 2 steps
+    state = tr.init(jax.random.key(3), X[:16])
+    with pytest.raises(ValueError, match=r"augment_index=True\): step_fn needs index="):
+        tr.step_fn(state, (X[:16], Y[:16]))
+    _, m = tr.train_step(state, (X[:16], Y[:16]), index=jnp.arange(16), epoch=0)
+    assert np.isfinite(float(m["loss"]))
+    with pytest.raises(ValueError, match="augment_index=True needs an augment"):
+        _trainer(augment_index=True)
+    with pytest.raises(TypeError, match="augment_index must be a bool"):
+        _trainer(augment=aug, augment_index=1)
+
+
 # --------------------------------------------------------------------------- loops
 
 

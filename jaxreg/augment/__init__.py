@@ -9,6 +9,7 @@ from jaxreg.augment.color import color_jitter, gaussian_noise
 from jaxreg.augment.erasing import cutout, random_erasing
 from jaxreg.augment.geometric import (
     affine_matrices,
+    alternating_flip,
     flip_translate_views,
     flip_views,
     random_affine,
@@ -23,6 +24,7 @@ from jaxreg.augment.policies import OPS, rand_augment, trivial_augment
 __all__ = [
     "OPS",
     "affine_matrices",
+    "alternating_flip",
     "color_jitter",
     "compose",
     "cutmix",

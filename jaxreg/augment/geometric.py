@@ -34,6 +34,7 @@ from jaxreg.augment._common import (
 
 __all__ = [
     "affine_matrices",
+    "alternating_flip",
     "flip_translate_views",
     "flip_views",
     "random_affine",
@@ -294,6 +295,61 @@ def random_crop_flip(
         horizontal=horizontal,
         vertical=vertical,
     )
+
+
+def alternating_flip(key: jax.Array, images: jax.Array, index: jax.Array, epoch: Any) -> jax.Array:
+    """Airbench's derandomized horizontal flip: each example alternates its mirror.
+
+    Example ``index[n]`` is mirrored left-right in ``epoch`` iff
+    ``b XOR (epoch odd)``, where ``b ~ Bernoulli(0.5)`` is drawn once per example
+    from ``key`` and the example's index (``fold_in(key, index[n])``). ``key``
+    must be the same in every epoch (a run's key, not a step's): then each
+    example shows one orientation in epoch 0 as under random flipping, and the
+    other one in every following epoch, so any two consecutive epochs see it
+    both ways, where random flipping repeats an orientation half of the time
+    (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds": better than random
+    flipping in every case they measured where flipping helps).
+
+    :class:`jaxreg.Trainer` passes the batch's ``index`` and ``epoch`` to an
+    augment when ``augment_index=True``; :func:`jaxreg.fit` supplies them.
+
+    Args:
+      key: a ``jax.random.key``, fixed for the run.
+      images: ``(N, H, W, C)`` uint8 or float.
+      index: ``(N,)`` integer indices of the examples in the training set.
+      epoch: the epoch (int, may be traced).
+
+    Returns:
+      ``(N, H, W, C)`` array, ``images``' dtype.
+
+    Example:
+      >>> x = jnp.arange(3.0).reshape(1, 1, 3, 1)
+      >>> a = alternating_flip(jax.random.key(0), x, jnp.array([7]), 0)
+      >>> b = alternating_flip(jax.random.key(0), x, jnp.array([7]), 1)
+      >>> sorted([a[0, 0, 0, 0].item(), b[0, 0, 0, 0].item()])
+      [0.0, 2.0]
+    """
+    check_images("alternating_flip", images)
+    index = jnp.asarray(index)
+    if index.shape != images.shape[:1] or not jnp.issubdtype(index.dtype, jnp.integer):
+        raise ValueError(
+            "alternating_flip: index must be an integer vector with one entry per image "
+            f"(shape ({images.shape[0]},)), got {index.dtype} {index.shape}."
+        )
+    epoch = jnp.asarray(epoch)
+    if epoch.shape != () or not jnp.issubdtype(epoch.dtype, jnp.integer):
+        raise ValueError(
+            f"alternating_flip: epoch must be an integer scalar, got {epoch.dtype} {epoch.shape}."
+        )
+    return _alternating_flip(key, images, index, epoch)
+
+
+@jax.jit
+def _alternating_flip(key, images, index, epoch):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+    first = jax.vmap(jax.random.bernoulli)(keys)
+    flip = jnp.logical_xor(first, epoch % 2 == 1)
+    return jnp.where(flip.reshape(-1, 1, 1, 1), images[:, :, ::-1], images)
 
 
 def flip_views(images: jax.Array) -> tuple[jax.Array, jax.Array]:

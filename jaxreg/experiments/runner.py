@@ -23,7 +23,13 @@ import numpy as np
 import optax
 
 from .. import data as data_lib
-from ..augment import flip_translate_views, flip_views, random_crop, random_crop_flip
+from ..augment import (
+    alternating_flip,
+    flip_translate_views,
+    flip_views,
+    random_crop,
+    random_crop_flip,
+)
 from ..early_stopping import EarlyStopping
 from ..fitting import Loop, fit
 from ..masks import by_kernels, by_path
@@ -48,6 +54,10 @@ NATURAL_IMAGES = ("cifar10", "cifar100")  # horizontal flips keep the label
 #: test-time views of ``tta`` (``True`` is ``"flip"``): the image and its mirror,
 #: or those of the image and of two copies shifted by a pixel (airbench's level 2).
 TTA_VIEWS = {"flip": flip_views, "flip_translate": flip_translate_views}
+#: horizontal flips of the ``augmentation`` config on natural images: ``random``
+#: (each example, each step, with probability 1/2) or ``alternating`` (airbench's
+#: :func:`jaxreg.augment.alternating_flip`: each example's mirror alternates per epoch).
+FLIPS = ("random", "alternating")
 ALWAYS_BATCHNORM = ("resnet", "airbench")  # its BatchNorm is part of the architecture
 
 
@@ -123,10 +133,22 @@ def random_shift_1d(key: jax.Array, x: jax.Array, *, max_shift: int) -> jax.Arra
     return jnp.take_along_axis(x, idx[..., None], axis=1)
 
 
-def _augment(data: Data, strength: float) -> Callable:
-    """The trainer's augment callable: translations (and flips for natural images)."""
+def _augment(data: Data, strength: float, flip: str = "random", seed: int = 0) -> Callable:
+    """The trainer's augment callable: translations (and flips for natural images).
+
+    ``flip="alternating"`` returns an ``augment_index`` augment (its flips are
+    drawn once per example from ``seed``)."""
     if data.is_image:
         pad = max(1, round(strength * data.train[0].shape[1] / 8))
+        if data.name in NATURAL_IMAGES and flip == "alternating":
+            flip_key = jax.random.fold_in(jax.random.key(seed), 0xF11)
+
+            def augment(key, images, labels, hparams, *, index, epoch):
+                del hparams
+                images = random_crop(key, images, padding=pad, mode="reflect")
+                return alternating_flip(flip_key, images, index, epoch), labels
+
+            return augment
         if data.name in NATURAL_IMAGES:
             op = functools.partial(random_crop_flip, padding=pad, mode="reflect")
         else:
@@ -199,6 +221,8 @@ def build(
     momentum: float = 0.9,
     freeze: tuple[str, int] | None = None,
     total_steps: int | None = None,
+    flip: str = "random",
+    seed: int = 0,
 ) -> tuple[Trainer, dict[str, float], EarlyStopping | None]:
     """The trainer, its hyperparameters and early stopping for one config.
 
@@ -214,6 +238,8 @@ def build(
     ``freeze=(regex, step)`` stops training the parameters whose path matches
     ``regex`` (:func:`jaxreg.by_path`) from ``step`` on (``Trainer.freeze``).
     ``lookahead`` schedules its pull over ``total_steps`` (required then).
+    ``flip`` (:data:`FLIPS`): the ``augmentation`` config's flips on natural
+    images; ``alternating`` draws each example's first orientation from ``seed``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
@@ -224,6 +250,13 @@ def build(
     if tta and data.name not in NATURAL_IMAGES:
         raise ValueError(
             f"tta (mirrored test views) needs natural images ({', '.join(NATURAL_IMAGES)}), "
+            f"got dataset {data.name!r}"
+        )
+    if flip not in FLIPS:
+        raise ValueError(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}")
+    if flip != "random" and data.name not in NATURAL_IMAGES:
+        raise ValueError(
+            f"flip={flip!r} needs natural images ({', '.join(NATURAL_IMAGES)}), "
             f"got dataset {data.name!r}"
         )
     on = reg.active()
@@ -270,7 +303,8 @@ def build(
         model=make_model,
         optimizer=make_optimizer,
         penalties=penalties,
-        augment=_augment(data, on["augmentation"]) if "augmentation" in on else None,
+        augment=_augment(data, on["augmentation"], flip, seed) if "augmentation" in on else None,
+        augment_index="augmentation" in on and flip == "alternating",
         ema_decay=on.get("ema"),
         tta=TTA_VIEWS[tta] if tta else None,
         **({} if freeze is None else {"freeze": by_path(freeze[0]), "freeze_after": freeze[1]}),
@@ -361,6 +395,7 @@ def run_config(
     tta: bool | str = False,
     momentum: float = 0.9,
     freeze: tuple[str, float] | None = None,
+    flip: str = "random",
 ) -> dict[str, Any]:
     """Train one config with :func:`jaxreg.fit` and evaluate it (eval mode) on all splits.
 
@@ -381,7 +416,7 @@ def run_config(
             reg, data, model=model, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed, loop=loop, repeats=repeats, mode=mode,
             model_fields=model_fields, callback=callback, schedule=schedule,
-            optimizer=optimizer, tta=tta, momentum=momentum, freeze=freeze,
+            optimizer=optimizer, tta=tta, momentum=momentum, freeze=freeze, flip=flip,
         )  # fmt: skip
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -391,7 +426,7 @@ def run_config(
     trainer, hp, es = build(
         reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
         tta=tta, momentum=momentum, freeze=_freeze_step(freeze, data, batch_size),
-        total_steps=steps,
+        total_steps=steps, flip=flip, seed=seed,
     )  # fmt: skip
     state = trainer.init(jax.random.key(seed), data.train[0][:batch_size], hp)
     state, history, es_state, _ = fit(
@@ -492,6 +527,7 @@ def run_sweep(
     tta: bool | str = False,
     momentum: float = 0.9,
     freeze: tuple[str, float] | None = None,
+    flip: str = "random",
 ) -> dict[str, Any]:
     """Train one member per value of ``param`` (on top of ``reg``) as one :func:`jaxreg.sweep`.
 
@@ -515,7 +551,7 @@ def run_sweep(
     trainer, hp, es = build(
         reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
         tta=tta, momentum=momentum, freeze=_freeze_step(freeze, data, batch_size),
-        total_steps=steps,
+        total_steps=steps, flip=flip, seed=seed,
     )  # fmt: skip
     members = {k: [v] * len(values) for k, v in hp.items()}
     members[param] = values

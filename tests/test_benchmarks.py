@@ -220,6 +220,43 @@ def test_bench_accuracy_torch_alternating_flip_is_jaxregs_rule():
     assert random.shape == plain.shape and not torch.equal(random, e0)
 
 
+@pytest.mark.parametrize("epochs", [0, 1])
+def test_bench_accuracy_torch_peer_freezes_the_stem_bias(monkeypatch, epochs):
+    """The PyTorch peer stops training airbench's stem bias at the task's epoch."""
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    bench = _load("bench_accuracy")
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 32).astype(np.int32)
+    monkeypatch.setattr(bench, "_prepared", lambda task, seed: (True, (x, y), (x, y), 10))
+    nets, real = [], bench._torch_airbench
+
+    def spy(*args):
+        body, scale = real(*args)
+        nets.append((body, body[0].bias.detach().clone()))
+        return body, scale
+
+    monkeypatch.setattr(bench, "_torch_airbench", spy)
+    after, step = [], torch.optim.SGD.step
+
+    def recorded(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        after.append(nets[0][0][0].bias.detach().clone())
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recorded)
+    task = {**bench.TASKS["cifar10"], "fields": {"widths": (4, 8, 8)}, "epochs": 2}
+    task.update(batch_size=16, freeze=("stem_bias", epochs))
+    r = bench.run_torch(task, task["recipe"], 0)
+    assert 0.0 <= r["test_acc"] <= 1.0
+    ((body, start),) = nets
+    assert not body[0].bias.requires_grad and len(after) == 4  # 2 epochs of 2 steps
+    moved = [not torch.equal(b, a) for a, b in zip([start, *after], after, strict=False)]
+    assert moved == [True] * (2 * epochs) + [False] * (4 - 2 * epochs)  # still from its epoch
+
+
 def test_bench_accuracy_smoke(tmp_path, capsys):
     import importlib.util
 

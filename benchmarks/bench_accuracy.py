@@ -360,10 +360,9 @@ def run_torch(task: dict, config: str, seed: int) -> dict:
 
     xs, ys = to_torch(x), torch.from_numpy(y.astype(np.int64))
     gen = np.random.default_rng(seed)
-    flip = None
-    if natural:  # alternating: each example's orientation in epoch 0, drawn once
-        first = gen.random(x.shape[0]) < 0.5 if task["flip"] == "alternating" else None
-        flip = (task["flip"], None if first is None else torch.from_numpy(first))
+    flip = "random" if natural else None
+    if natural and task["flip"] == "alternating":  # each example's epoch-0 orientation
+        flip = torch.from_numpy(gen.random(x.shape[0]) < 0.5)
 
     slow = [p.detach().clone() for p in trained] if reg.get("lookahead") else None
     freeze_at = None  # airbench: the stem's bias stops training (requires_grad off)
@@ -424,9 +423,9 @@ def _torch_augment(batch, gen, pad: int, flip, idx, epoch: int):
     """The runner's augmentation of a PyTorch batch (NCHW images or NCL signals).
 
     Images: a random crop of the batch padded by ``pad`` (reflect padding for
-    natural images, zeros else); ``flip`` None (no flips), ``("random", _)``
-    (each image with probability 1/2) or ``("alternating", first)``: example
-    ``idx[n]`` mirrored iff ``first[idx[n]] XOR (epoch odd)``, as
+    natural images, zeros else); ``flip`` None (no flips), ``"random"`` (each
+    image with probability 1/2) or a bool tensor ``first`` (alternating flips):
+    example ``idx[n]`` mirrored iff ``first[idx[n]] XOR (epoch odd)``, as
     :func:`jaxreg.augment.alternating_flip`. Signals: shifts by ``U{-pad..pad}``
     repeating the edge values. Draws come from the NumPy generator ``gen``.
     """
@@ -446,11 +445,10 @@ def _torch_augment(batch, gen, pad: int, flip, idx, epoch: int):
     rows = dy[:, None] + torch.arange(h)[None]
     cols = dx[:, None] + torch.arange(w)[None]
     if flip is not None:
-        kind, first = flip
-        if kind == "alternating":
-            mirror = first[idx] ^ bool(epoch % 2)
-        else:
+        if isinstance(flip, str):
             mirror = torch.from_numpy(gen.random(n) < 0.5)
+        else:
+            mirror = flip[idx] ^ bool(epoch % 2)
         cols = torch.where(mirror[:, None], cols.flip(1), cols)
     out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)

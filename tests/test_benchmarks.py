@@ -146,7 +146,7 @@ def test_bench_accuracy_peer_schedules_equal_the_runners():
 
 def test_bench_accuracy_cifar10_freezes_the_stem_bias(tmp_path):
     """The cifar10 task passes airbench's 3-epoch whitening-bias training to
-    ``jaxreg compare``; the Keras peer, which cannot freeze mid-fit, refuses it."""
+    ``jaxreg compare``; the Keras peer freezes nothing but airbench's stem bias."""
     import pytest
 
     bench = _load("bench_accuracy")
@@ -154,8 +154,72 @@ def test_bench_accuracy_cifar10_freezes_the_stem_bias(tmp_path):
     args = bench.cli_args(task, task["recipe"], 0, tmp_path)
     assert args[args.index("--freeze") + 1] == "stem_bias=3"
     assert "--freeze" not in bench.cli_args(bench.TASKS["cifar10_small"], "none", 0, tmp_path)
-    with pytest.raises(NotImplementedError, match="Keras peer cannot freeze"):
-        bench._run_keras(task, task["recipe"], 0)
+    with pytest.raises(NotImplementedError, match=r"stem_bias only, got .*Conv_0.* on airbench"):
+        bench._run_keras({**task, "freeze": ("Conv_0", 3)}, task["recipe"], 0)
+    mnist = bench.TASKS["mnist"]
+    with pytest.raises(NotImplementedError, match="on cnn"):
+        bench._run_keras({**mnist, "freeze": ("stem_bias", 1)}, mnist["recipe"], 0)
+
+
+@pytest.mark.parametrize("epochs", [0, 1, 2])
+def test_bench_accuracy_keras_peer_freezes_the_stem_bias(monkeypatch, epochs):
+    """The Keras peer trains airbench's stem bias for the task's first epochs only:
+    it fits them, turns the stem layer's ``trainable`` off, compiles again and fits
+    the rest, which still trains the other weights."""
+    import numpy as np
+
+    bench = _load("bench_accuracy")  # sets KERAS_BACKEND=jax
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 32).astype(np.int32)
+    monkeypatch.setattr(bench, "_prepared", lambda task, seed: (True, (x, y), (x, y), 10))
+    seen, starts, ends, fit = [], [], [], keras.Model.fit
+
+    def weights(model):
+        conv = next(lay for lay in model.layers if isinstance(lay, keras.layers.Conv2D))
+        value = keras.ops.convert_to_numpy
+        return value(model.get_layer("whiten").bias.value), value(conv.kernel.value)
+
+    def momentum(model):  # the SGD momentum of the first conv's kernel, if built
+        opt, conv = model.optimizer, next(lay for lay in model.layers if "conv" in lay.name)
+        if not opt.built:
+            return None
+        i = next(i for i, v in enumerate(model.trainable_variables) if v is conv.kernel)
+        return int(opt.iterations), keras.ops.convert_to_numpy(opt.momentums[i].value)
+
+    def recorded(self, *args, **kwargs):
+        if not seen:
+            seen.append(weights(self))
+        during, start = self.get_layer("whiten").trainable, momentum(self)
+        out = fit(self, *args, **kwargs)
+        seen.append((*weights(self), during, (kwargs.get("initial_epoch", 0), kwargs["epochs"])))
+        starts.append(start)
+        ends.append(momentum(self))
+        return out
+
+    monkeypatch.setattr(keras.Model, "fit", recorded)
+    task = {**bench.TASKS["cifar10"], "fields": {"widths": (4, 8, 8)}, "epochs": 2}
+    task.update(batch_size=16, freeze=("stem_bias", epochs))
+    r = bench.run_keras(task, task["recipe"], 0)
+    assert 0.0 <= r["test_acc"] <= 1.0
+    (bias0, kernel0), *calls = seen
+    # a fit of the first `epochs` epochs with the stem trainable (none for 0), then
+    # one of the rest without it (none for 2)
+    want = [(True, (0, epochs)), (False, (epochs, 2))]
+    assert [c[2:] for c in calls] == [w for w in want if w[1][0] < w[1][1]]
+    bias, kernel, _, _ = calls[-1]
+    assert not np.array_equal(kernel, kernel0)  # the other weights trained throughout
+    if epochs:  # the bias moved in the first fit and never after it
+        assert not np.array_equal(calls[0][0], bias0)
+        np.testing.assert_array_equal(bias, calls[0][0])
+    else:
+        np.testing.assert_array_equal(bias, bias0)
+    if epochs == 1:  # the second fit still trained the rest, from the first's state
+        assert not np.array_equal(kernel, calls[0][1])
+        assert starts[1][0] == ends[0][0] == 2  # the step count (2 steps per epoch)
+        assert np.abs(ends[0][1]).max() > 0
+        np.testing.assert_array_equal(starts[1][1], ends[0][1])  # the kernel's momentum
 
 
 def test_bench_accuracy_torch_views_and_lookahead_are_jaxregs():

@@ -431,3 +431,20 @@ def test_val_fraction_zero_trains_on_the_whole_split(digits, tmp_path):
     assert (tmp_path / "c" / "accuracy.png").exists() and (tmp_path / "s" / "report.md").exists()
     with pytest.raises(ValueError, match=r"val_fraction must lie in \[0, 1\), got 1.0"):
         runner.prepare("digits", val_fraction=1.0)
+
+
+def test_describe_cpu_tells_cpu_generations_apart_by_family_model_and_isa():
+    zen = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\n"
+    older = zen.replace("26", "25").replace("model\t\t: 2", "model\t\t: 1")
+    second = "\nprocessor\t: 1\nmodel name\t: Other CPU\nflags\t\t: avx512f\n"
+    assert (
+        report.describe_cpu(zen + "flags\t\t: fpu avx2 avx512f avx512bw\n" + second)
+        == "AMD EPYC (family 26, model 2, AVX-512)"
+    )
+    assert (
+        report.describe_cpu(older + "flags\t\t: fpu avx avx2 fma\n")
+        == "AMD EPYC (family 25, model 1, AVX2)"
+    )
+    assert report.describe_cpu("model name\t: X\nflags\t: sse2\n") == "X (SSE/AVX)"
+    assert report.describe_cpu("flags\t: avx2\n") == ""
+    assert report.cpu_model()  # this machine's, never empty

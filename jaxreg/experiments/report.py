@@ -61,15 +61,44 @@ def sweep_table(result: dict[str, Any]) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    """The CPU's model name, with its family, model and widest vector ISA on Linux
+    (``/proc/cpuinfo``: "AMD EPYC" names several generations), else what
+    ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            text = f.read()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = ""
+    return describe_cpu(text) or platform.processor() or platform.machine()
+
+
+def describe_cpu(cpuinfo: str) -> str:
+    r"""``"<model name> (family F, model M, <ISA>)"`` from the first processor of a
+    ``/proc/cpuinfo`` text; ``""`` without a model name. The ISA is ``AVX-512`` (the
+    ``avx512f`` flag), ``AVX2`` or ``SSE/AVX``.
+
+    Example:
+      >>> describe_cpu("model name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\n"
+      ...              "flags\t\t: fpu avx avx2 avx512f\n")
+      'AMD EPYC (family 26, model 2, AVX-512)'
+    """
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block only
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "")
+    if not name:
+        return ""
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/AVX"
+    extra = [f"family {fields['cpu family']}"] if "cpu family" in fields else []
+    extra += [f"model {fields['model']}"] if "model" in fields else []
+    return f"{name} ({', '.join([*extra, isa])})"
 
 
 def machine() -> dict[str, Any]:

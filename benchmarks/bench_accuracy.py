@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -767,19 +766,11 @@ def _keras_airbench(task: dict, x: np.ndarray, h, k: int, kr):
 
 
 def machine() -> dict:
-    import jax
+    """Where the run happened: :func:`jaxreg.experiments.report.machine` (the CPU's
+    model, family and vector ISA, cores, devices, versions, XLA flags)."""
+    from jaxreg.experiments.report import machine as where
 
-    from jaxreg.cpu import native_convolutions
-    from jaxreg.experiments.report import cpu_model
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "native_convolutions": native_convolutions(),
-    }
+    return where()
 
 
 def plot(records: list[dict], path: Path) -> Path:
@@ -791,8 +782,12 @@ def plot(records: list[dict], path: Path) -> Path:
     tasks = sorted({r["task"] for r in records})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
     colors = {"jaxreg": "tab:blue", "torch": "tab:orange", "keras": "tab:green"}
+
     # one marker per machine (records from different CPUs are not one time axis)
-    cpus = list(dict.fromkeys(r.get("machine", {}).get("cpu", "?") for r in records))
+    def cpu(r):
+        return r.get("machine", {}).get("cpu", "?")
+
+    cpus = list(dict.fromkeys(map(cpu, records)))
     markers = dict(zip(cpus, "o^Dvp*", strict=False))
     for ax, name in zip(axes[0], tasks, strict=True):
         for r in (r for r in records if r["task"] == name):
@@ -800,7 +795,7 @@ def plot(records: list[dict], path: Path) -> Path:
             ax.scatter(
                 r["seconds"] / 60,
                 100 * r["test_acc"],
-                marker=markers.get(r.get("machine", {}).get("cpu", "?"), "x"),
+                marker=markers.get(cpu(r), "x"),
                 facecolors="none" if base else colors[r["framework"]],
                 edgecolors=colors[r["framework"]],
                 s=40,
@@ -808,9 +803,9 @@ def plot(records: list[dict], path: Path) -> Path:
         for fw, c in colors.items():
             ax.scatter([], [], color=c, label=fw)
         ax.scatter([], [], facecolors="none", edgecolors="gray", label="no regularization")
-        seen = {r.get("machine", {}).get("cpu", "?") for r in records if r["task"] == name}
-        for cpu in (c for c in cpus if c in seen and len(cpus) > 1):
-            ax.scatter([], [], marker=markers.get(cpu, "x"), color="gray", label=cpu)
+        seen = {cpu(r) for r in records if r["task"] == name}
+        for c in (c for c in cpus if c in seen and len(cpus) > 1):
+            ax.scatter([], [], marker=markers.get(c, "x"), color="gray", label=c)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("wall time (min, 2-core CPU)")
         ax.set_ylabel("test accuracy (%)")

@@ -53,42 +53,58 @@ def _glibc():
     return libc
 
 
-def retain_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
+def _check_bytes(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"retain_freed_memory: {name} must be an int, got {value!r}.")
+    if not 1 <= value <= _INT_MAX:
+        raise ValueError(f"retain_freed_memory: {name} must lie in [1, {_INT_MAX}], got {value}.")
+
+
+def retain_freed_memory(
+    threshold_bytes: int = 1 << 30, *, trim_threshold_bytes: int | None = None
+) -> bool:
     """Let glibc keep freed memory for reuse instead of unmapping it (process-wide).
 
-    Sets glibc's ``M_MMAP_THRESHOLD`` (blocks below it come from the heap, not
-    from a fresh ``mmap``) and ``M_TRIM_THRESHOLD`` (free memory at the top of
-    the heap is kept up to this size) to ``threshold_bytes``, so the temporaries
-    of repeated XLA (and PyTorch) CPU calls reuse pages that are already
-    mapped. The cost is memory: up to ``threshold_bytes`` of freed heap may stay
-    with the process. It also limits glibc to one malloc arena (threads share
-    it), which slowed compilation-heavy short jobs: the default ``jaxreg
-    compare`` on two of its configs took 30-39 s with it and 22-28 s without
-    (three runs each on a 2-core CPU), so it is opt-in and best for long
+    Sets glibc's ``M_MMAP_THRESHOLD`` to ``threshold_bytes`` (blocks below it
+    come from the heap, not from a fresh ``mmap``) and, by default, turns heap
+    trimming off (``M_TRIM_THRESHOLD``: free memory at the top of the heap is
+    never handed back to the kernel), so the temporaries of repeated XLA (and
+    PyTorch) CPU calls reuse pages that are already mapped. The cost is memory:
+    the heap stays at its peak size. It also limits glibc to one malloc arena
+    (threads share it), which slowed compilation-heavy short jobs: the default
+    ``jaxreg compare`` on two of its configs took 30-39 s with it and 22-28 s
+    without (three runs each on a 2-core CPU), so it is opt-in and best for long
     training runs of large conv nets.
 
+    Trimming matters for large steps: with trimming at 1 GiB (this function's
+    setting until 2026-12-02) the train step of airbench94's CIFAR-10 net
+    (batch 512) freed more than 1 GiB at the top of the heap on every call, so
+    glibc returned it and the next call faulted about 200,000 pages back in
+    (``benchmarks/bench_malloc.py``).
+
     Args:
-        threshold_bytes: both thresholds, in bytes (1 to 2**31 - 1; default 1 GiB).
+        threshold_bytes: the mmap threshold, in bytes (1 to 2**31 - 1; default
+            1 GiB).
+        trim_threshold_bytes: None (default): never trim; or the size of free
+            memory at the top of the heap above which glibc returns it (1 to
+            2**31 - 1), to cap the memory kept.
 
     Returns:
         True when applied; False where the C library is not glibc (macOS,
         Windows, musl), which is left untouched.
     """
-    if isinstance(threshold_bytes, bool) or not isinstance(threshold_bytes, int):
-        raise TypeError(
-            f"retain_freed_memory: threshold_bytes must be an int, got {threshold_bytes!r}."
-        )
-    if not 1 <= threshold_bytes <= _INT_MAX:
-        raise ValueError(
-            f"retain_freed_memory: threshold_bytes must lie in [1, {_INT_MAX}], "
-            f"got {threshold_bytes}."
-        )
+    _check_bytes("threshold_bytes", threshold_bytes)
+    if trim_threshold_bytes is not None:
+        _check_bytes("trim_threshold_bytes", trim_threshold_bytes)
     libc = _glibc()
     if libc is None:
         return False
+    # glibc reads the int as a size_t: -1 is the largest size, so the heap's top is
+    # never trimmed (mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming")
+    trim = -1 if trim_threshold_bytes is None else trim_threshold_bytes
     with _lock:
         ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold_bytes))
-        ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(threshold_bytes))
+        ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim))
         ok_arena = libc.mallopt(_M_ARENA_MAX, ctypes.c_int(1))
     return bool(ok_mmap and ok_trim and ok_arena)
 

@@ -61,6 +61,55 @@ def test_retained_memory_removes_the_page_faults_of_large_temporaries():
     assert on["faults_per_call"] < off["faults_per_call"] / 2, (on, off)
 
 
+TRIM_CHILD = textwrap.dedent(
+    """
+    import ctypes, json, resource, sys
+    import jaxreg.cpu
+    cap = None if sys.argv[1] == "none" else int(sys.argv[1])
+    applied = jaxreg.cpu.retain_freed_memory(64 << 20, trim_threshold_bytes=cap)
+    libc = jaxreg.cpu._glibc()
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 48 << 20  # below the mmap threshold: heap blocks
+
+    def cycle():  # two heap blocks, touched, then freed: 96 MiB free at the heap's top
+        blocks = [libc.malloc(size) for _ in range(2)]
+        for b in blocks:
+            ctypes.memset(b, 1, size)
+        for b in blocks:
+            libc.free(b)
+
+    cycle()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        cycle()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+    print("RESULT " + json.dumps({"applied": applied, "faults_per_cycle": faults}))
+    """
+)
+
+
+def _trim_faults(cap):
+    proc = subprocess.run(
+        [sys.executable, "-c", TRIM_CHILD, cap],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc only")
+def test_retained_memory_is_never_trimmed_by_default():
+    # 96 MiB freed at the top of the heap: a 64 MiB trim threshold (what the
+    # function set before, at 1 GiB, for the same effect on larger steps) hands it
+    # back, so every cycle faults its 24,576 pages in again; the default keeps it
+    capped, kept = _trim_faults(str(64 << 20)), _trim_faults("none")
+    assert capped["applied"] is True and kept["applied"] is True
+    assert capped["faults_per_cycle"] > 20000, capped
+    assert kept["faults_per_cycle"] < 1000, kept
+
+
 def test_bad_threshold_is_named():
     with pytest.raises(ValueError, match="threshold_bytes"):
         retain_freed_memory(0)
@@ -68,6 +117,10 @@ def test_bad_threshold_is_named():
         retain_freed_memory(2**31)
     with pytest.raises(TypeError, match="threshold_bytes"):
         retain_freed_memory(1.5)
+    with pytest.raises(ValueError, match="trim_threshold_bytes"):
+        retain_freed_memory(trim_threshold_bytes=0)
+    with pytest.raises(TypeError, match="trim_threshold_bytes"):
+        retain_freed_memory(trim_threshold_bytes=True)
 
 
 FAST_CHILD = textwrap.dedent(

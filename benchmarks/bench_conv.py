@@ -223,17 +223,25 @@ CHILDREN = {
 # ------------------------------------------------------------------- driver
 
 
+def run_child(script: str, argv: list[str], label: str, timeout: int = 3600):
+    """Run ``python script *argv`` (a benchmark's ``--child`` mode: one setting per
+    process) and return the JSON of its last output line; ``label`` names it in
+    the error raised when it fails."""
+    cmd = [sys.executable, script, *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _child(name, retain, args):
-    cmd = [
-        sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),
-        "--steps", str(args.steps), "--torch-threads", str(args.torch_threads),
+    argv = [
+        "--child", name, "--repeats", str(args.repeats), "--steps", str(args.steps),
+        "--torch-threads", str(args.torch_threads),
     ]  # fmt: skip
     if retain:
-        cmd.append("--retain")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1200)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench_conv child {name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        argv.append("--retain")
+    return run_child(__file__, argv, f"bench_conv child {name}", timeout=1200)
 
 
 def _machine():

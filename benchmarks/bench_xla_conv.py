@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_conv import _machine, _median_ms  # noqa: E402  (the sibling benchmark's helpers)
+from bench_conv import _machine, _median_ms, run_child  # noqa: E402  (the sibling benchmark's helpers)
 
 SHAPES = {"airbench": (512, 32, 32, 3), "cnn": (128, 28, 28, 1), "cnn1d": (100, 40, 1)}
 
@@ -142,18 +141,14 @@ def torch_child(args) -> dict:
 
 
 def _child(kind: str, model: str, flags: str, args, method: str = "auto") -> dict:
-    cmd = [
-        sys.executable, __file__, "--child", kind, "--models", model, "--flags", flags,
-        "--method", method,
+    argv = [
+        "--child", kind, "--models", model, "--flags", flags, "--method", method,
         "--repeats", str(args.repeats), "--steps", str(args.steps),
         "--torch-threads", str(args.torch_threads),
     ]  # fmt: skip
     if args.batch:
-        cmd += ["--batch", str(args.batch)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench_xla_conv child {kind} {model} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        argv += ["--batch", str(args.batch)]
+    return run_child(__file__, argv, f"bench_xla_conv child {kind} {model}")
 
 
 def main(argv=None) -> list[dict]:

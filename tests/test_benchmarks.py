@@ -482,3 +482,43 @@ def test_bench_xla_conv_smoke(capsys):
         assert r["torch ms"] > 0 and r["torch / jaxreg fast"] > 0
     else:
         assert "torch ms" not in r
+
+
+def test_bench_malloc_smoke(capsys):
+    bench = _load("bench_malloc")
+    argv = ["--widths", "8,16,16", "--batch", "16", "--warmup", "1", "--steps", "2", "--no-torch"]
+    results = bench.main(argv)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == results
+    assert [(r["framework"], r["malloc"]) for r in results] == [
+        ("jax", "default"),
+        ("jax", "trim 1 GiB"),
+        ("jax", "retain"),
+    ]
+    for r in results:
+        assert r["mean ms"] > 0 and r["median ms"] > 0 and r["peak RSS MiB"] > 0
+        assert r["widths"] == [8, 16, 16] and r["steps"] == 2
+    assert results[-1]["faults per step"] < 100  # the heap is reused: no fresh pages
+    with pytest.raises(SystemExit):
+        bench.main(["--widths", "8,16"])
+
+
+def test_bench_conv_layers_smoke(capsys):
+    bench = _load("bench_conv_layers")
+    assert bench.layers((64, 256, 256)) == [
+        (31, 24, 64), (15, 64, 64), (15, 64, 256), (7, 256, 256), (7, 256, 256), (3, 256, 256),
+    ]  # fmt: skip
+    have_torch = importlib.util.find_spec("torch") is not None  # optional peer
+    argv = ["--widths", "4,8,8", "--batch", "2", "--repeats", "1"]
+    results = bench.main(argv if have_torch else [*argv, "--no-torch"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == results
+    assert [r["layer"] for r in results][-1] == "all" and len(results) == 7
+    parts = ("forward", "input gradient", "kernel gradient")
+    for p in parts:  # the last row sums the layers
+        assert results[-1][f"{p}: xla ms"] == pytest.approx(
+            sum(r[f"{p}: xla ms"] for r in results[:-1]), abs=0.05
+        )
+        for r in results:
+            assert r[f"{p}: xla ms"] > 0
+            assert (f"{p}: xla / torch" in r) is have_torch

@@ -37,6 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_conv import _machine, run_child  # noqa: E402  (the sibling benchmark's helpers)
+from bench_xla_conv import _images  # noqa: E402
 
 SETTINGS = ("default", "trim 1 GiB", "retain")
 
@@ -72,12 +73,6 @@ def _time_steps(step, warmup: int, steps: int) -> dict:
     }
 
 
-def _batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    x = rng.random((batch, 32, 32, 3), np.float32)
-    return x, rng.integers(0, 10, batch).astype(np.int32)
-
-
 def jax_child(args) -> dict:
     _apply(args.setting)
     from jaxreg.cpu import fast_convolutions
@@ -88,7 +83,7 @@ def jax_child(args) -> dict:
 
     from jaxreg import Trainer, models
 
-    x, y = _batch(args.batch)
+    x, y = _images("airbench", args.batch)
     model = models.Airbench(widths=args.widths, whitening=models.whitening_init(x[:256]))
     trainer = Trainer(model=model, optimizer=optax.sgd(0.1, momentum=0.85, nesterov=True))
     box = [trainer.init(jax.random.key(0), x)]
@@ -108,7 +103,7 @@ def torch_child(args) -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    x, y = _batch(args.batch)
+    x, y = _images("airbench", args.batch)
     net, scale = _torch_airbench({"fields": {"widths": args.widths}}, x[:256], 3, 10)
     opt = torch.optim.SGD(
         [p for p in net.parameters() if p.requires_grad], lr=0.1, momentum=0.85, nesterov=True

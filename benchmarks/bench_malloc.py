@@ -66,6 +66,9 @@ def _time_steps(step, warmup: int, steps: int) -> dict:
         "mean ms": round(1e3 * float(np.mean(times)), 1),
         "median ms": round(1e3 * float(np.median(times)), 1),
         "faults per step": round(float(np.mean(faults))),
+        # one-off bursts of ~1,300-1,800 faults land in a random step now and
+        # then under every setting (seen at tiny widths); the median skips them
+        "median faults per step": round(float(np.median(faults))),
         "steps that faulted": sum(f > 1000 for f in faults),
         "ms per step": [round(1e3 * t) for t in times],
         # ru_maxrss is in KiB on Linux

@@ -486,7 +486,7 @@ def test_bench_xla_conv_smoke(capsys):
 
 def test_bench_malloc_smoke(capsys):
     bench = _load("bench_malloc")
-    argv = ["--widths", "8,16,16", "--batch", "16", "--warmup", "1", "--steps", "2", "--no-torch"]
+    argv = ["--widths", "8,16,16", "--batch", "16", "--warmup", "1", "--steps", "5", "--no-torch"]
     results = bench.main(argv)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines == results
@@ -497,8 +497,11 @@ def test_bench_malloc_smoke(capsys):
     ]
     for r in results:
         assert r["mean ms"] > 0 and r["median ms"] > 0 and r["peak RSS MiB"] > 0
-        assert r["widths"] == [8, 16, 16] and r["steps"] == 2
-    assert results[-1]["faults per step"] < 100  # the heap is reused: no fresh pages
+        assert r["widths"] == [8, 16, 16] and r["steps"] == 5
+    # the heap is reused: no fresh pages in a typical step (one-off bursts of
+    # ~1,300-1,800 faults land in a random step now and then under every
+    # setting, so the mean is not asserted)
+    assert results[-1]["median faults per step"] < 100
     with pytest.raises(SystemExit):
         bench.main(["--widths", "8,16"])
 

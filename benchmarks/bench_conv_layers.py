@@ -7,7 +7,8 @@ input gradient and the kernel gradient:
 
 * JAX: ``lax.conv_general_dilated`` (NHWC, HWIO) and its two VJPs, each jitted on
   its own, under ``jaxreg.cpu.fast_convolutions()`` (XLA's own convolution, the
-  CIFAR-10 task's setting) and ``retain_freed_memory()``;
+  CIFAR-10 task's setting) and ``retain_freed_memory()``; and the same three for
+  ``jaxreg.functional.winograd_conv3x3`` (Winograd's F(4x4, 3x3));
 * PyTorch: ``conv2d`` and ``aten.convolution_backward`` with one output at a time
   (oneDNN; 2 threads, channels-last), under ``retain_freed_memory()`` too.
 
@@ -58,7 +59,7 @@ def _best_ms(fn, repeats: int) -> float:
     return round(1e3 * min(times), 2)
 
 
-def jax_child(args) -> list[list[float]]:
+def jax_child(args) -> dict[str, list[list[float]]]:
     from jaxreg.cpu import fast_convolutions, retain_freed_memory
 
     fast_convolutions()
@@ -66,16 +67,19 @@ def jax_child(args) -> list[list[float]]:
     import jax
     from jax import lax
 
-    def conv(x, w):
-        return lax.conv_general_dilated(
+    from jaxreg.functional import winograd_conv3x3
+
+    convs = {
+        "xla": lambda x, w: lax.conv_general_dilated(
             x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        ),
+        "winograd": winograd_conv3x3,
+    }
 
-    fwd = jax.jit(conv)
-    dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
-    dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
-
-    def parts(x, w, g):
+    def parts(conv, x, w, g):
+        fwd = jax.jit(conv)
+        dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+        dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
         return [
             _best_ms(lambda: fwd(x, w).block_until_ready(), args.repeats),
             _best_ms(lambda: dx(x, w, g).block_until_ready(), args.repeats),
@@ -83,12 +87,13 @@ def jax_child(args) -> list[list[float]]:
         ]
 
     rng = np.random.default_rng(0)
-    rows = []
+    rows = {name: [] for name in convs}
     for h, ci, co in layers(args.widths):
         x = jax.device_put(rng.standard_normal((args.batch, h, h, ci), np.float32))
         w = jax.device_put(0.1 * rng.standard_normal((3, 3, ci, co), np.float32))
         g = jax.device_put(rng.standard_normal((args.batch, h, h, co), np.float32))
-        rows.append(parts(x, w, g))
+        for name, conv in convs.items():
+            rows[name].append(parts(conv, x, w, g))
     return rows
 
 
@@ -145,20 +150,23 @@ def main(argv=None) -> list[dict]:
     if args.child:
         print(json.dumps((jax_child if args.child == "jax" else torch_child)(args)))
         return []
-    xla = _child("jax", args)
-    torch = None if args.no_torch else _child("torch", args)
+    times = _child("jax", args)
+    if not args.no_torch:
+        times["torch"] = _child("torch", args)
     rows = []
     named = [f"{h}x{h}, {ci} -> {co}" for h, ci, co in layers(args.widths)] + ["all"]
-    for times in (xla, torch):
-        if times is not None:
-            times.append([round(sum(col), 2) for col in zip(*times, strict=True)])
+    for t in times.values():
+        t.append([round(sum(col), 2) for col in zip(*t, strict=True)])
     for i, name in enumerate(named):
         row = {"layer": name, "batch": args.batch}
         for j, part in enumerate(PARTS):
-            row[f"{part}: xla ms"] = xla[i][j]
-            if torch is not None:
-                row[f"{part}: torch ms"] = torch[i][j]
-                row[f"{part}: xla / torch"] = round(xla[i][j] / torch[i][j], 2)
+            for kind, t in times.items():
+                row[f"{part}: {kind} ms"] = t[i][j]
+            if "torch" in times:
+                for kind in ("xla", "winograd"):
+                    row[f"{part}: {kind} / torch"] = round(
+                        times[kind][i][j] / times["torch"][i][j], 2
+                    )
         row.update(_machine(), repeats=args.repeats)
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -14,12 +14,14 @@ setting runs in its own child process (``mallopt`` is process-wide):
 Per setting, the jitted ``jaxreg.Trainer.train_step`` of
 ``jaxreg.models.Airbench(widths=...)`` with its frozen whitening stem (SGD with
 Nesterov momentum, batch 512 of random 32x32x3 images, ``fast_convolutions()``:
-the CIFAR-10 task's settings) and, unless ``--no-torch``, the same net in
+the CIFAR-10 task's settings; ``--conv-methods`` picks its 3x3 convs: XLA's,
+``auto``, or Winograd's, ``winograd``) and, unless ``--no-torch``, the same net in
 PyTorch eager (``bench_accuracy``'s build, 2 threads, channels-last). After
 ``--warmup`` steps (compile excluded) it times ``--steps`` single steps: mean and
 median ms, minor page faults per step and the peak resident memory.
 
     python benchmarks/bench_malloc.py --steps 10
+    python benchmarks/bench_malloc.py --steps 10 --settings retain --conv-methods auto,winograd
     python benchmarks/bench_malloc.py --widths 32,128,128 --no-torch
 """
 
@@ -40,6 +42,7 @@ from bench_conv import _machine, run_child  # noqa: E402  (the sibling benchmark
 from bench_xla_conv import _images  # noqa: E402
 
 SETTINGS = ("default", "trim 1 GiB", "retain")
+CONV_METHODS = ("auto", "winograd")  # Airbench's conv_method values benchmarked here
 
 
 def _apply(setting: str) -> None:
@@ -87,7 +90,11 @@ def jax_child(args) -> dict:
     from jaxreg import Trainer, models
 
     x, y = _images("airbench", args.batch)
-    model = models.Airbench(widths=args.widths, whitening=models.whitening_init(x[:256]))
+    model = models.Airbench(
+        widths=args.widths,
+        whitening=models.whitening_init(x[:256]),
+        conv_method=args.conv_method,
+    )
     trainer = Trainer(model=model, optimizer=optax.sgd(0.1, momentum=0.85, nesterov=True))
     box = [trainer.init(jax.random.key(0), x)]
 
@@ -123,12 +130,26 @@ def torch_child(args) -> dict:
     return _time_steps(step, args.warmup, args.steps)
 
 
-def _child(kind: str, setting: str, args) -> dict:
+def _child(kind: str, setting: str, args, conv: str = "auto") -> dict:
     argv = [
         "--child", kind, "--setting", setting, "--widths", ",".join(map(str, args.widths)),
         "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps),
+        "--conv-method", conv,
     ]  # fmt: skip
-    return run_child(__file__, argv, f"bench_malloc child {kind} {setting!r}")
+    return run_child(__file__, argv, f"bench_malloc child {kind} {setting!r} {conv}")
+
+
+def _choices(allowed: tuple[str, ...], what: str):
+    def parse(text: str) -> tuple[str, ...]:
+        got = tuple(t.strip() for t in text.split(","))
+        bad = [t for t in got if t not in allowed]
+        if bad or not got:
+            raise argparse.ArgumentTypeError(
+                f"{what} takes a comma-separated list of {', '.join(allowed)}; got {text!r}"
+            )
+        return got
+
+    return parse
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -149,8 +170,22 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-torch", action="store_true", help="JAX only")
+    ap.add_argument(
+        "--settings",
+        type=_choices(SETTINGS, "--settings"),
+        default=SETTINGS,
+        help=f"malloc settings to run (default all: {','.join(SETTINGS)})",
+    )
+    ap.add_argument(
+        "--conv-methods",
+        type=_choices(CONV_METHODS, "--conv-methods"),
+        default=("auto",),
+        help="the JAX net's Airbench(conv_method=...), each "
+        "a row per setting (default auto: XLA's convolutions)",
+    )
     ap.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--setting", choices=SETTINGS, default="retain", help=argparse.SUPPRESS)
+    ap.add_argument("--conv-method", choices=CONV_METHODS, default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.batch < 1 or args.steps < 1 or args.warmup < 1:
         ap.error("--batch, --steps and --warmup must be >= 1")
@@ -158,9 +193,12 @@ def main(argv=None) -> list[dict]:
         print(json.dumps((jax_child if args.child == "jax" else torch_child)(args)))
         return []
     rows = []
-    for kind in ("jax",) + (() if args.no_torch else ("torch",)):
-        for setting in SETTINGS:
-            row = {"framework": kind, "malloc": setting, **_child(kind, setting, args)}
+    runs = [("jax", conv) for conv in args.conv_methods]
+    runs += [] if args.no_torch else [("torch", "oneDNN")]
+    for kind, conv in runs:
+        for setting in args.settings:
+            row = {"framework": kind, "conv": conv, "malloc": setting}
+            row.update(_child(kind, setting, args, conv if kind == "jax" else "auto"))
             row.update(widths=list(args.widths), batch=args.batch, steps=args.steps)
             row.update(_machine())
             print(json.dumps(row), flush=True)

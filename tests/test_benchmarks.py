@@ -487,23 +487,24 @@ def test_bench_xla_conv_smoke(capsys):
 def test_bench_malloc_smoke(capsys):
     bench = _load("bench_malloc")
     argv = ["--widths", "8,16,16", "--batch", "16", "--warmup", "1", "--steps", "5", "--no-torch"]
-    results = bench.main(argv)
+    results = bench.main([*argv, "--settings", "retain", "--conv-methods", "auto,winograd"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines == results
-    assert [(r["framework"], r["malloc"]) for r in results] == [
-        ("jax", "default"),
-        ("jax", "trim 1 GiB"),
-        ("jax", "retain"),
+    assert [(r["framework"], r["conv"], r["malloc"]) for r in results] == [
+        ("jax", "auto", "retain"),
+        ("jax", "winograd", "retain"),
     ]
     for r in results:
         assert r["mean ms"] > 0 and r["median ms"] > 0 and r["peak RSS MiB"] > 0
         assert r["widths"] == [8, 16, 16] and r["steps"] == 5
-    # the heap is reused: no fresh pages in a typical step (one-off bursts of
-    # ~1,300-1,800 faults land in a random step now and then under every
-    # setting, so the mean is not asserted)
-    assert results[-1]["median faults per step"] < 100
-    with pytest.raises(SystemExit):
-        bench.main(["--widths", "8,16"])
+        # the heap is reused: no fresh pages in a typical step (one-off bursts of
+        # ~1,300-1,800 faults land in a random step now and then under every
+        # setting, so the mean is not asserted)
+        assert r["median faults per step"] < 100
+    for bad in (["--widths", "8,16"], ["--settings", "retain,none"], ["--conv-methods", "fft"]):
+        with pytest.raises(SystemExit):
+            bench.main(bad)
+    assert "--settings takes a comma-separated list" in capsys.readouterr().err
 
 
 def test_bench_conv_layers_smoke(capsys):
@@ -519,9 +520,10 @@ def test_bench_conv_layers_smoke(capsys):
     assert [r["layer"] for r in results][-1] == "all" and len(results) == 7
     parts = ("forward", "input gradient", "kernel gradient")
     for p in parts:  # the last row sums the layers
-        assert results[-1][f"{p}: xla ms"] == pytest.approx(
-            sum(r[f"{p}: xla ms"] for r in results[:-1]), abs=0.05
-        )
-        for r in results:
-            assert r[f"{p}: xla ms"] > 0
-            assert (f"{p}: xla / torch" in r) is have_torch
+        for kind in ("xla", "winograd"):
+            assert results[-1][f"{p}: {kind} ms"] == pytest.approx(
+                sum(r[f"{p}: {kind} ms"] for r in results[:-1]), abs=0.05
+            )
+            for r in results:
+                assert r[f"{p}: {kind} ms"] > 0
+                assert (f"{p}: {kind} / torch" in r) is have_torch

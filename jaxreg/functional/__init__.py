@@ -1,4 +1,4 @@
-"""Pure kernels: the dropout family, batch norm and a CPU-fast convolution."""
+"""Pure kernels: the dropout family, batch norm and CPU-fast convolutions."""
 
 from jaxreg.functional.batchnorm import batch_norm
 from jaxreg.functional.conv import conv_general_dilated
@@ -12,6 +12,7 @@ from jaxreg.functional.dropouts import (
     gaussian_noise,
     spatial_dropout,
 )
+from jaxreg.functional.winograd import winograd_conv3x3
 
 __all__ = [
     "alpha_dropout",
@@ -24,4 +25,5 @@ __all__ = [
     "gaussian_dropout",
     "gaussian_noise",
     "spatial_dropout",
+    "winograd_conv3x3",
 ]

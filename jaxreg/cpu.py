@@ -61,7 +61,7 @@ def _check_bytes(name: str, value) -> None:
 
 
 def retain_freed_memory(
-    threshold_bytes: int = 1 << 30, *, trim_threshold_bytes: int | None = None
+    threshold_bytes: int = _INT_MAX, *, trim_threshold_bytes: int | None = None
 ) -> bool:
     """Let glibc keep freed memory for reuse instead of unmapping it (process-wide).
 
@@ -80,11 +80,16 @@ def retain_freed_memory(
     setting until 2026-12-02) the train step of airbench94's CIFAR-10 net
     (batch 512) freed more than 1 GiB at the top of the heap on every call, so
     glibc returned it and the next call faulted about 200,000 pages back in
-    (``benchmarks/bench_malloc.py``).
+    (``benchmarks/bench_malloc.py``). So does the mmap threshold: XLA allocates a
+    call's temporaries as one block, and with Winograd convolutions
+    (``Airbench(conv_method="winograd")``) that block passes 1 GiB (this
+    function's threshold until 2026-12-02), so it was mapped afresh on every call
+    (about 350,000 page faults a step); the default is now the largest
+    ``mallopt`` takes.
 
     Args:
         threshold_bytes: the mmap threshold, in bytes (1 to 2**31 - 1; default
-            1 GiB).
+            2**31 - 1, about 2 GiB).
         trim_threshold_bytes: None (default): never trim; or the size of free
             memory at the top of the heap above which glibc returns it (1 to
             2**31 - 1), to cap the memory kept.

@@ -303,9 +303,13 @@ class Airbench(nn.Module):
     after each conv, larger filters take smaller relative SGD steps) or a flax
     initializer. Batch norm is always on (``batch_norm=False`` raises
     ``ValueError``). ``conv_method`` picks how the 3x3 convs run
-    (:func:`jaxreg.functional.conv_general_dilated`'s ``method``): ``"winograd"``
-    (Winograd's F(4x4, 3x3), 4x fewer multiply-adds) makes airbench94's CPU train
-    step faster than XLA's convolutions (``benchmarks/bench_malloc.py``).
+    (:func:`jaxreg.functional.conv_general_dilated`'s ``method``): with
+    ``"winograd"`` (Winograd's F(4x4, 3x3), 4x fewer multiply-adds) the convs of
+    the widths of at least ``winograd_min_width`` run by Winograd and the narrower
+    ones as ``"auto"``: on a 2-core CPU airbench94's 256-wide convs ran 1.3x-2x
+    faster than XLA's own, its 64-wide ones (few channels: the transforms
+    dominate) no faster (``benchmarks/bench_conv_layers.py``), and its train step
+    1.2x faster (``benchmarks/bench_malloc.py``).
     """
 
     num_classes: int = 10
@@ -319,6 +323,7 @@ class Airbench(nn.Module):
     bias_scale: float = 8.0
     kernel_init: str | Callable = "uniform"
     conv_method: str = "auto"
+    winograd_min_width: int = 128
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -358,11 +363,14 @@ class Airbench(nn.Module):
             x = x + bias.reshape(1, 1, 1, -1)
         x = act(x)
         for width in self.widths:
-            conv = lambda width=width: _conv(
+            method = self.conv_method
+            if method == "winograd" and width < self.winograd_min_width:
+                method = "auto"
+            conv = lambda width=width, method=method: _conv(
                 width,
                 (3, 3),
                 True,
-                self.conv_method,
+                method,
                 padding="SAME",
                 kernel_init=_dirac_init(base),
             )

@@ -122,8 +122,21 @@ def test_dispatcher_runs_eligible_convs_by_winograd_and_the_rest_as_auto():
 def test_airbench_conv_method_winograd_matches_and_bad_method_is_named():
     x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
     y = jax.random.randint(jax.random.key(1), (4,), 0, 10)
-    nets = {m: models.Airbench(widths=(4, 8, 8), conv_method=m) for m in ("auto", "winograd")}
+    nets = {
+        m: models.Airbench(widths=(4, 8, 8), conv_method=m, winograd_min_width=4)
+        for m in ("auto", "winograd")
+    }
     params = nets["auto"].init(jax.random.key(2), x, train=False)
+
+    def calls(min_width):  # (Winograd convs, im2col convs): the stem is always im2col
+        net = models.Airbench(
+            widths=(4, 8, 8), conv_method="winograd", winograd_min_width=min_width
+        )
+        text = str(jax.make_jaxpr(lambda p: net.apply(p, x, train=False))(params))
+        return text.count("name=_winograd"), text.count("name=_conv2d")
+
+    # the widths below winograd_min_width (default 128) run as "auto"
+    assert calls(128) == (0, 7) and calls(8) == (4, 3) and calls(4) == (6, 1)
 
     def loss(net):
         def f(p):

@@ -61,70 +61,22 @@ def test_retained_memory_removes_the_page_faults_of_large_temporaries():
     assert on["faults_per_call"] < off["faults_per_call"] / 2, (on, off)
 
 
-TRIM_CHILD = textwrap.dedent(
+HEAP_CHILD = textwrap.dedent(
     """
     import ctypes, json, resource, sys
     import jaxreg.cpu
-    cap = None if sys.argv[1] == "none" else int(sys.argv[1])
-    applied = jaxreg.cpu.retain_freed_memory(64 << 20, trim_threshold_bytes=cap)
+    kwargs, size, count = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    applied = jaxreg.cpu.retain_freed_memory(**kwargs)
     libc = jaxreg.cpu._glibc()
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
-    size = 48 << 20  # below the mmap threshold: heap blocks
 
-    def cycle():  # two heap blocks, touched, then freed: 96 MiB free at the heap's top
-        blocks = [libc.malloc(size) for _ in range(2)]
+    def cycle():  # count blocks of size bytes, touched, then freed
+        blocks = [libc.malloc(size) for _ in range(count)]
         for b in blocks:
             ctypes.memset(b, 1, size)
         for b in blocks:
             libc.free(b)
-
-    cycle()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        cycle()
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-    print("RESULT " + json.dumps({"applied": applied, "faults_per_cycle": faults}))
-    """
-)
-
-
-def _trim_faults(cap):
-    proc = subprocess.run(
-        [sys.executable, "-c", TRIM_CHILD, cap],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line.removeprefix("RESULT "))
-
-
-@pytest.mark.skipif(_glibc() is None, reason="glibc only")
-def test_retained_memory_is_never_trimmed_by_default():
-    # 96 MiB freed at the top of the heap: a 64 MiB trim threshold (what the
-    # function set before, at 1 GiB, for the same effect on larger steps) hands it
-    # back, so every cycle faults its 24,576 pages in again; the default keeps it
-    capped, kept = _trim_faults(str(64 << 20)), _trim_faults("none")
-    assert capped["applied"] is True and kept["applied"] is True
-    assert capped["faults_per_cycle"] > 20000, capped
-    assert kept["faults_per_cycle"] < 1000, kept
-
-
-BIG_CHILD = textwrap.dedent(
-    """
-    import ctypes, json, resource, sys
-    import jaxreg.cpu
-    kw = {} if sys.argv[1] == "default" else {"threshold_bytes": int(sys.argv[1])}
-    applied = jaxreg.cpu.retain_freed_memory(**kw)
-    libc = jaxreg.cpu._glibc()
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    size = 5 << 28  # 1.25 GiB: one block, as XLA allocates a step's temporaries
-
-    def cycle():
-        b = libc.malloc(size)
-        ctypes.memset(b, 1, size)
-        libc.free(b)
 
     cycle()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -136,22 +88,41 @@ BIG_CHILD = textwrap.dedent(
 )
 
 
+def _heap_faults(kwargs: dict, size: int, count: int = 1) -> dict:
+    """Page faults per malloc-touch-free cycle after a first one, in a child
+    process under ``retain_freed_memory(**kwargs)``."""
+    proc = subprocess.run(
+        [sys.executable, "-c", HEAP_CHILD, json.dumps(kwargs), str(size), str(count)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc only")
+def test_retained_memory_is_never_trimmed_by_default():
+    # two 48 MiB heap blocks (under a 64 MiB mmap threshold) freed: 96 MiB at the
+    # top of the heap. A 64 MiB trim threshold (what the function set before, at
+    # 1 GiB, for the same effect on larger steps) hands it back, so every cycle
+    # faults its 24,576 pages in again; the default keeps it
+    kw = {"threshold_bytes": 64 << 20}
+    capped = _heap_faults({**kw, "trim_threshold_bytes": 64 << 20}, 48 << 20, 2)
+    kept = _heap_faults(kw, 48 << 20, 2)
+    assert capped["applied"] is True and kept["applied"] is True
+    assert capped["faults_per_cycle"] > 20000, capped
+    assert kept["faults_per_cycle"] < 1000, kept
+
+
 @pytest.mark.skipif(_glibc() is None, reason="glibc only")
 def test_blocks_above_one_gib_come_from_the_heap_by_default():
     # airbench94's step with Winograd convolutions allocates more than 1 GiB of
     # temporaries at once: above a 1 GiB mmap threshold (the default until
     # 2026-12-02) that block is mapped and unmapped every call, 327,680 fresh
-    # pages a cycle here; the default threshold (2 GiB - 1) keeps it in the heap
-    def faults(arg):
-        proc = subprocess.run(
-            [sys.executable, "-c", BIG_CHILD, arg],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        return json.loads(line.removeprefix("RESULT "))
-
-    mapped, kept = faults(str(1 << 30)), faults("default")
+    # pages a cycle for this 1.25 GiB block; the default threshold (2 GiB - 1)
+    # keeps it in the heap
+    mapped = _heap_faults({"threshold_bytes": 1 << 30}, 5 << 28)
+    kept = _heap_faults({}, 5 << 28)
     assert mapped["applied"] is True and kept["applied"] is True
     assert mapped["faults_per_cycle"] > 300000, mapped
     assert kept["faults_per_cycle"] < 1000, kept

@@ -156,8 +156,8 @@ def conv_general_dilated(
     forces one path (``"im2col"`` still defers the cases it does not handle).
     ``method="winograd"`` runs 3x3 stride-1 SAME 2-D convolutions (flax's layout,
     no dilation or groups) by :func:`jaxreg.functional.winograd_conv3x3` (4x fewer
-    multiply-adds; faster on the CPU where the channels are many) and treats the
-    others as ``"auto"``.
+    multiply-adds; faster on the CPU where the channels are many; ``precision`` is
+    not used) and treats the others as ``"auto"``.
     """
     if method not in METHODS:
         raise ValueError(

@@ -306,10 +306,10 @@ class Airbench(nn.Module):
     (:func:`jaxreg.functional.conv_general_dilated`'s ``method``): with
     ``"winograd"`` (Winograd's F(4x4, 3x3), 4x fewer multiply-adds) the convs of
     the widths of at least ``winograd_min_width`` run by Winograd and the narrower
-    ones as ``"auto"``: on a 2-core CPU airbench94's 256-wide convs ran 1.3x-2x
+    ones as ``"auto"``: on a 2-core CPU airbench94's 256-wide convs ran 1.2x-1.7x
     faster than XLA's own, its 64-wide ones (few channels: the transforms
-    dominate) no faster (``benchmarks/bench_conv_layers.py``), and its train step
-    1.2x faster (``benchmarks/bench_malloc.py``).
+    dominate) slower (``benchmarks/bench_conv_layers.py``), and its train step
+    1.3x faster (median step, ``benchmarks/bench_malloc.py``).
     """
 
     num_classes: int = 10

@@ -199,11 +199,14 @@ def test_fast_conv_runs_the_convolutions_through_xla(tmp_path):
 
 def test_model_fields_parse_numbers_lists_and_strings():
     items = ["widths=4,8", "activation=relu", "scale=0.5", "kernel_init=lecun"]
+    items += ["conv_method=winograd", "winograd_min_width=64"]
     assert cli._model_fields(items, "airbench") == {
         "widths": (4, 8),
         "activation": "relu",
         "scale": 0.5,
         "kernel_init": "lecun",
+        "conv_method": "winograd",
+        "winograd_min_width": 64,
     }
-    with pytest.raises(cli.UsageError, match="NAME one of activation, bias_scale, kernel_init, sc"):
+    with pytest.raises(cli.UsageError, match="NAME one of activation, bias_scale, conv_method, ke"):
         cli._model_fields(["whitening=1"], "airbench")  # computed from the data, not a flag

@@ -7,9 +7,10 @@ back to the kernel after every step and the next step faults it in again. Each
 setting runs in its own child process (``mallopt`` is process-wide):
 
 * ``default``: glibc's own settings;
-* ``trim 1 GiB``: ``retain_freed_memory(trim_threshold_bytes=1 << 30)`` (the
-  earlier setting);
-* ``retain``: ``retain_freed_memory()`` (heap never trimmed).
+* ``trim 1 GiB``: ``retain_freed_memory(1 << 30, trim_threshold_bytes=1 << 30)``
+  (the earlier setting: mmap and trim thresholds at 1 GiB);
+* ``retain``: ``retain_freed_memory()`` (heap never trimmed; mmap threshold
+  2 GiB - 1 since 2026-12-02, 1 GiB before).
 
 Per setting, the jitted ``jaxreg.Trainer.train_step`` of
 ``jaxreg.models.Airbench(widths=...)`` with its frozen whitening stem (SGD with
@@ -49,7 +50,8 @@ def _apply(setting: str) -> None:
     from jaxreg.cpu import retain_freed_memory
 
     if setting == "trim 1 GiB":
-        assert retain_freed_memory(trim_threshold_bytes=1 << 30)
+        # the earlier defaults: mmap threshold and trim threshold both 1 GiB
+        assert retain_freed_memory(1 << 30, trim_threshold_bytes=1 << 30)
     elif setting == "retain":
         assert retain_freed_memory()
 

@@ -527,3 +527,16 @@ def test_bench_conv_layers_smoke(capsys):
             for r in results:
                 assert r[f"{p}: {kind} ms"] > 0
                 assert (f"{p}: {kind} / torch" in r) is have_torch
+
+
+def test_bench_startup_smoke(capsys):
+    bench = _load("bench_startup")
+    results = bench.main(["--models", "mlp1d", "--repeats", "1"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == results and [r["model"] for r in results] == ["mlp1d"]
+    row = results[0]
+    assert row["eager s"] > 0 and row["jaxreg s"] > 0
+    assert row["speedup"] == pytest.approx(row["eager s"] / row["jaxreg s"], abs=0.01)
+    for bad in (["--models", "resnet9"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            bench.main(bad)

@@ -89,6 +89,32 @@ def test_step_equals_hand_written_flax_optax_step():
     assert int(state.step) == 3 and int(state.skipped) == 0
 
 
+def test_init_equals_eager_flax_and_optax_init_bit_for_bit():
+    # init compiles the model's and optimizer's initialisation as one program; the
+    # values must be those of flax's and optax's own (eager) init, bit for bit
+    tr = _trainer(model=lambda hp: MLP(rate=hp["dropout"]), ema_decay=0.9)
+    key = jax.random.key(7)
+    state = tr.init(key, jax.ShapeDtypeStruct((16, 6), jnp.float32), {"dropout": 0.2})
+    init_key = jax.random.fold_in(key, 0)
+    ref = MLP(rate=0.2).init({"params": init_key, "dropout": init_key}, X[:16], train=False)
+    tree_equal = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))
+    assert tree_equal(state.params, ref["params"])
+    assert tree_equal(state.batch_stats, ref["batch_stats"])
+    assert tree_equal(state.opt_state, optax.adam(1e-2).init(ref["params"]))
+    assert tree_equal(state.ema_params, ref["params"])
+    assert tree_equal(state.ema_batch_stats, ref["batch_stats"])
+    # the EMA copies are buffers of their own: a donating step moves on from them
+    pointers = lambda t: {a.unsafe_buffer_pointer() for a in jax.tree.leaves(t)}
+    assert not pointers(state.params) & pointers(state.ema_params)
+    before = jax.tree.map(np.asarray, state.ema_params)
+    state, _ = tr.train_step(state, (X[:16], Y[:16]))
+    assert not tree_equal(state.params, before) and int(state.step) == 1
+    # the factories get concrete hyperparameters, as before: a Python-level use works
+    tr = _trainer(model=lambda hp: MLP(hidden=int(hp["width"])))
+    state = tr.init(key, X[:16], {"width": 8.0})
+    assert state.params["Dense_0"]["kernel"].shape == (6, 8)
+
+
 def test_step_metrics_are_consistent():
     tr = _trainer(optimizer=optax.chain(jaxreg.clip_by_global_norm(1e-3), optax.sgd(0.1)))
     state = tr.init(jax.random.key(1), X[:16])

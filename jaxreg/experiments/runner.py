@@ -319,34 +319,60 @@ def _eval_batches(n: int) -> int:
     return n if n <= 2500 else 500
 
 
+#: the batch of :func:`evaluate`: every split runs through one compiled program of
+#: this many rows (a short split or tail is padded and masked)
+EVAL_BATCH = 500
+
+
 def evaluate(
     trainer: Trainer, state, x: jax.Array, y: jax.Array, *, ema: bool = False, tta: bool = True
 ) -> dict:
     """``{"loss", "accuracy"}`` over all of ``(x, y)`` (the tail batch included);
-    ``tta=False`` evaluates the plain images even when the trainer has views."""
+    ``tta=False`` evaluates the plain images even when the trainer has views.
+
+    Every split of a run goes through the same compiled program (batches of
+    :data:`EVAL_BATCH`; the last batch is the split's last rows, its rows counted
+    already masked out, and a split shorter than a batch is padded): one
+    compilation for all splits instead of one per split size.
+    """
+    n = x.shape[0]
+    if n < 1:
+        raise ValueError("evaluate: x has no rows")
+    if ema and state.ema_params is None:
+        raise ValueError("evaluate: ema=True needs a Trainer with ema_decay set.")
+    tta = bool(tta) and trainer.tta is not None  # without views both are one program
     cache = trainer.__dict__.setdefault("_experiment_eval", {})
-    key = (x.shape, ema, tta)
-    if key not in cache:
-        cache[key] = jax.jit(_evaluator(trainer, x.shape[0], ema, tta))
-    return {k: float(v) for k, v in cache[key](state, x, y).items()}
+    if (ema, tta) not in cache:
+        cache[ema, tta] = jax.jit(functools.partial(_batch_sums, trainer, ema=ema, tta=tta))
+    if n < EVAL_BATCH:  # pad once to a whole batch; the pad rows get no weight
+        pad = ((0, EVAL_BATCH - n),) + ((0, 0),) * (x.ndim - 1)
+        x, y = jnp.pad(x, pad), jnp.pad(y, pad[:1])
+    rows = np.arange(EVAL_BATCH)
+    loss = correct = 0.0
+    for done in range(0, n, EVAL_BATCH):
+        start = min(done, x.shape[0] - EVAL_BATCH)  # the tail: the last whole batch
+        weight = (rows >= done - start) & (rows < n - start)  # each row counted once
+        sums = cache[ema, tta](state, *_rows(x, y, start), weight)
+        loss, correct = loss + sums[0], correct + sums[1]
+    return {"loss": float(loss) / n, "accuracy": float(correct) / n}
 
 
-def _evaluator(trainer: Trainer, total: int, ema: bool, tta: bool) -> Callable:
-    bs = _eval_batches(total)
-    n = (total // bs) * bs
+@jax.jit
+def _rows(x, y, start):
+    """:data:`EVAL_BATCH` rows of ``(x, y)`` from ``start`` (a small program per
+    split shape; the model's program sees batches only)."""
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, EVAL_BATCH)
+    return take(x), take(y)
 
-    def run(state, x, y):
-        shape = (n // bs, bs)
-        sums = trainer.evaluate_fn(
-            state, (x[:n].reshape(shape + x.shape[1:]), y[:n].reshape(shape)), ema=ema, tta=tta
-        )
-        loss, correct = sums["loss"] * n, sums["accuracy"] * n
-        if n < x.shape[0]:
-            tail = trainer.eval_fn(state, (x[n:], y[n:]), ema=ema, tta=tta)
-            loss, correct = loss + tail["loss_sum"], correct + tail["correct"]
-        return {"loss": loss / total, "accuracy": correct / total}
 
-    return run
+def _batch_sums(trainer: Trainer, state, x, y, weight, *, ema: bool, tta: bool):
+    """Masked sums of the plain cross-entropy and of the correct predictions."""
+    params = state.ema_params if ema else state.params
+    stats = state.ema_batch_stats if ema else state.batch_stats
+    logits = trainer.eval_logits(state.hparams, params, stats, x, tta=tta)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    w = jnp.asarray(weight, jnp.float32)
+    return jnp.sum(losses * w), jnp.sum((jnp.argmax(logits, -1) == y) * w)
 
 
 def _eval_batch_size(data: Data) -> int:

@@ -330,7 +330,8 @@ class Trainer:
         ema = self.ema_decay is not None
         # the model and optimizer are built here, from the concrete hparams as ever;
         # their initialisation runs as one compiled program, not op by op (the same
-        # values bit for bit: tests/test_training.py; 2.2x-4.8x faster on a CPU)
+        # values bit for bit: tests/test_training.py; 1.45x-6x faster cold on a CPU,
+        # benchmarks/bench_startup.py)
         module, tx = self.module(hp), self.tx(hp)
         shape, dtype = tuple(sample_inputs.shape), sample_inputs.dtype
 

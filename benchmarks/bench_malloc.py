@@ -72,7 +72,9 @@ def _time_steps(step, warmup: int, steps: int) -> dict:
         "median ms": round(1e3 * float(np.median(times)), 1),
         "faults per step": round(float(np.mean(faults))),
         # one-off bursts of ~1,300-1,800 faults land in a random step now and
-        # then under every setting (seen at tiny widths); the median skips them
+        # then under every setting (seen at tiny widths; strace shows a brk
+        # growing the heap by 5-7 MiB when a step's buffers do not fit the free
+        # chunks, mostly in the first few steps); the median skips them
         "median faults per step": round(float(np.median(faults))),
         "steps that faulted": sum(f > 1000 for f in faults),
         "ms per step": [round(1e3 * t) for t in times],

@@ -19,6 +19,7 @@ import re
 import sys
 from pathlib import Path
 
+from . import data as data_lib
 from .cpu import fast_convolutions, retain_freed_memory
 from .data import DATASETS, DatasetUnavailableError
 from .experiments import configs, report, runner
@@ -144,7 +145,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.2,
+        default=None,
         help="share of the training split held out for validation; 0 trains on all of it "
         "(default 0.2)",
     )
@@ -183,6 +184,14 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", required=True, help=f"one of {', '.join(configs.SWEEPABLE)}")
     s.add_argument("--values", type=float, nargs="+", required=True)
     s.add_argument("--config", default="none", help="base config the swept value is added to")
+    s.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="K-fold cross-validation: each fold's 1/K of the training split validates "
+        "(replaces --val-fraction); the table gives means ± std over the folds and the pick "
+        "is the highest mean validation accuracy",
+    )
     return ap
 
 
@@ -265,6 +274,14 @@ def _check(args) -> tuple[str, int]:
         raise UsageError("--epochs, --batch-size and --repeats must be >= 1 and --lr > 0")
     if args.mode not in ("auto", "vmap", "map", "sequential"):
         raise UsageError(f"--mode must be auto, vmap, map or sequential, got {args.mode!r}")
+    folds = getattr(args, "folds", None)
+    if folds is not None and (folds < 2 or args.val_fraction is not None):
+        raise UsageError(
+            f"--folds takes K >= 2 and replaces --val-fraction, got --folds {folds}"
+            + ("" if args.val_fraction is None else f" with --val-fraction {args.val_fraction}")
+        )
+    if args.val_fraction is None:
+        args.val_fraction = 0.0 if folds else 0.2
     return model, args.epochs
 
 
@@ -274,7 +291,7 @@ def _progress(args, total: int, label: str):
     return report.Progress(total, label)
 
 
-def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
+def _setup(args, model: str, epochs: int) -> tuple[runner.Data | list[runner.Data], dict]:
     """The prepared data and the keyword arguments every run of the command shares."""
     if args.fast_conv:
         fast_convolutions()
@@ -296,13 +313,14 @@ def _setup(args, model: str, epochs: int) -> tuple[runner.Data, dict]:
         "loop": _loop(args.loop),
         "mode": args.mode,
     }
-    data = runner.prepare(
-        args.dataset,
-        data_dir=args.data_dir,
-        seed=args.seed,
-        train_size=args.train_size,
-        val_fraction=args.val_fraction,
-    )
+    split = dict(data_dir=args.data_dir, seed=args.seed, train_size=args.train_size)
+    folds = getattr(args, "folds", None)
+    if folds:  # same seed: the folds cut one permutation of the dataset, loaded once
+        ds = data_lib.load(args.dataset, data_dir=args.data_dir)
+        split["loader"] = lambda name, data_dir=None: ds
+        data = [runner.prepare(args.dataset, folds=folds, fold=i, **split) for i in range(folds)]
+    else:
+        data = runner.prepare(args.dataset, val_fraction=args.val_fraction, **split)
     return data, run
 
 
@@ -334,7 +352,9 @@ def _sweep(args, argv) -> dict:
         raise UsageError(f"cannot sweep {args.param!r}; sweepable: {', '.join(configs.SWEEPABLE)}")
     reg = configs.parse_config(args.config)
     data, run = _setup(args, model, epochs)
-    bar = _progress(args, epochs, f"{args.param} sweep, {len(args.values)} members")
+    folds = f", {args.folds} folds" if args.folds else ""
+    total = epochs * (args.folds or 1)
+    bar = _progress(args, total, f"{args.param} sweep, {len(args.values)} members{folds}")
 
     def show(epoch, m):
         if bar is not None:
@@ -346,6 +366,8 @@ def _sweep(args, argv) -> dict:
     if bar is not None:
         bar.close(f"{r['mode']}, {r['seconds']:.0f}s")
     print(report.sweep_table(r))
+    if r["picked"] is not None:
+        print(report.picked_line(r))
     return {"command": "sweep", "results": r, "model": model, "epochs": epochs}
 
 

@@ -54,6 +54,8 @@ class SweepResult:
             what ``mode="auto"`` / ``loop="auto"`` measured (seconds per step).
         seconds: wall time of the training epochs (compilation of the measured
             candidates excluded, the first epoch's compile included).
+        loop_used: the :class:`~jaxreg.fitting.Loop` itself (pass it and ``mode``
+            to another sweep of the same trainer to skip the measurement).
     """
 
     hparams: dict[str, np.ndarray]
@@ -66,6 +68,7 @@ class SweepResult:
     loop: str
     timings: dict[str, float]
     seconds: float
+    loop_used: Loop | None = None
 
     def table(self) -> list[dict[str, float]]:
         """One row per member: its hyperparameters and final/best metrics."""
@@ -244,4 +247,5 @@ def sweep(
         loop=loop.name,
         timings=timings,
         seconds=seconds,
+        loop_used=loop,
     )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxreg import cli
@@ -98,6 +99,27 @@ def test_sweep_is_one_program_with_a_curve(tmp_path, capsys):
         assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cross_validated_sweep_prints_means_over_folds_and_the_pick(tmp_path, capsys):
+    out = tmp_path / "cv"
+    argv = ["sweep", "--param", "label_smoothing", "--values", "0", "0.2", "--folds", "2"]
+    assert cli.main([*argv, "--mode", "sequential", "--out", str(out), *TINY]) == 0
+    captured = capsys.readouterr()
+    result = json.loads((out / "results.json").read_text())["results"]
+    assert result["folds"] == 2 and result["picked"] in (0.0, 0.2)
+    for m in result["members"]:
+        assert len(m["val_acc_folds"]) == 2
+        assert m["val_acc"] == pytest.approx(np.mean(m["val_acc_folds"]))
+        assert "± " in captured.out and m["val_acc_std"] >= 0
+    best = max(result["members"], key=lambda m: m["val_acc"])
+    if sum(m["val_acc"] == best["val_acc"] for m in result["members"]) == 1:
+        assert result["picked"] == best["label_smoothing"]
+    assert f"Picked label_smoothing={result['picked']:g}" in captured.out
+    assert "(mean over 2 folds)" in captured.out
+    assert "4/4" in captured.err  # the bar counts 2 epochs x 2 folds
+    assert len(result["history"]["val_accuracy"]) == 2  # epochs, averaged over folds
+    assert "run on each of 2 folds" in (out / "report.md").read_text()
+
+
 def test_defaults_per_dataset_fill_the_flags_left_out():
     args = cli.make_parser().parse_args(["compare"])
     assert cli._check(args) == ("cnn", 80)  # digits: the small CNN on 100 training images
@@ -149,6 +171,11 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--val-fraction", "1"], "val_fraction must lie in [0, 1), got 1.0"),
         (["sweep", "--param", "batchnorm", "--values", "1"], "cannot sweep 'batchnorm'"),
         (["sweep", "--values", "1"], "the following arguments are required: --param"),
+        (["sweep", "--param", "l2", "--values", "0", "--folds", "1"], "--folds takes K >= 2"),
+        (
+            ["sweep", "--param", "l2", "--values", "0", "--folds", "3", "--val-fraction", "0.1"],
+            "replaces --val-fraction, got --folds 3 with --val-fraction 0.1",
+        ),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["compare", "--dataset", "mnist", "--data-dir", "MISSING"], "does not exist"),
         (["compare", "--dataset", "mnist", "--data-dir", "CORRUPT"], "corrupt or truncated"),

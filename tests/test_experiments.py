@@ -85,6 +85,28 @@ def test_prepare_splits_are_disjoint_seeded_and_scaled():
         runner.prepare("fake", loader=_fake_loader(), val_fraction=1.0)
 
 
+def test_prepare_folds_cut_one_permutation_into_disjoint_validation_blocks():
+    def load(dataset, data_dir=None):  # the label is the row's index
+        x = np.zeros((103, 8, 8, 1), np.uint8)
+        y = np.arange(103, dtype=np.int32)
+        return data_lib.Dataset("idx", (x, y), (x[:5], y[:5]), 103)
+
+    folds = [runner.prepare("idx", loader=load, seed=1, folds=4, fold=i) for i in range(4)]
+    vals = [set(np.asarray(d.val[1]).tolist()) for d in folds]
+    for d, val in zip(folds, vals, strict=True):
+        train = set(np.asarray(d.train[1]).tolist())
+        assert len(val) == 25 and len(train) == 78 and not train & val  # 103 // 4 validate
+        assert train | val == set(range(103))
+    assert len(set().union(*vals)) == 100  # disjoint: each example validates at most once
+    again = runner.prepare("idx", loader=load, seed=1, folds=4, fold=2)
+    np.testing.assert_array_equal(again.val[1], folds[2].val[1])
+    for bad in ({"folds": 1}, {"folds": 3, "fold": 3}, {"folds": 3, "fold": -1}):
+        with pytest.raises(ValueError, match="folds must be >= 2 and fold in"):
+            runner.prepare("idx", loader=load, **bad)
+    with pytest.raises(ValueError, match="folds=200 exceeds the 103 training examples"):
+        runner.prepare("idx", loader=load, folds=200)
+
+
 def test_prepare_standardizes_signals():
     def load(dataset, data_dir=None):
         rng = np.random.default_rng(1)
@@ -206,6 +228,47 @@ def test_run_sweep_members_and_bad_param(digits):
         assert m["test_acc"] > 0.3
     with pytest.raises(ValueError, match="cannot sweep 'batchnorm'"):
         runner.run_sweep(Regularization(), "batchnorm", [0, 1], digits, model="mlp", epochs=1)
+
+
+def test_cross_validated_sweep_equals_its_folds_run_alone():
+    pytest.importorskip("sklearn")
+    folds = [runner.prepare("digits", seed=0, train_size=256, folds=3, fold=i) for i in range(3)]
+    kw = dict(model="mlp", epochs=2, batch_size=64, mode="sequential", loop=runner.Loop(1, 1))
+    seen = []
+    show = lambda epoch, metrics: seen.append(epoch)
+    cv = runner.run_sweep(parse_config("none"), "dropout", [0.0, 0.5], folds, callback=show, **kw)
+    assert seen == list(range(6)) and cv["folds"] == 3  # epochs count on across folds
+    alone = [runner.run_sweep(parse_config("none"), "dropout", [0.0, 0.5], d, **kw) for d in folds]
+    for j, m in enumerate(cv["members"]):
+        per = [a["members"][j] for a in alone]
+        assert m["val_acc_folds"] == pytest.approx([p["val_acc"] for p in per], abs=1e-6)
+        for key in ("val_acc", "test_acc", "train_acc", "val_loss", "gap"):
+            assert m[key] == pytest.approx(np.mean([p[key] for p in per]), abs=1e-6)
+        assert m["test_acc_std"] == pytest.approx(np.std([p["test_acc"] for p in per]), abs=1e-6)
+    want = np.mean([a["history"]["val_accuracy"] for a in alone], axis=0)
+    np.testing.assert_allclose(cv["history"]["val_accuracy"], want, atol=1e-6)
+    assert cv["picked"] == runner._pick(cv["members"], "dropout")
+    assert alone[0]["folds"] is None and alone[0]["picked"] in (0.0, 0.5)
+    assert "(mean over 3 folds)" in report.picked_line(cv)
+    with pytest.raises(ValueError, match="validation splits of one shape"):
+        runner.run_sweep(
+            parse_config("none"), "dropout", [0.0], [folds[0], runner.prepare("digits")], **kw
+        )
+
+
+def test_sweep_pick_is_the_best_validation_accuracy_then_the_lower_loss():
+    rows = [
+        {"l2": 0.0, "val_acc": 0.90, "val_loss": 0.30},
+        {"l2": 1e-3, "val_acc": 0.95, "val_loss": 0.25},
+        {"l2": 1e-2, "val_acc": 0.95, "val_loss": 0.20},
+        {"l2": 1e-1, "val_acc": 0.80, "val_loss": 0.10},
+    ]
+    assert runner._pick(rows, "l2") == 1e-2  # tie at 0.95: the lower loss
+    rows[2]["val_acc"] = 0.94
+    assert runner._pick(rows, "l2") == 1e-3
+    assert runner._pick([{"l2": 0.0, "val_acc": None, "val_loss": None}], "l2") is None
+    line = report.picked_line({"param": "l2", "members": rows, "picked": 1e-3})
+    assert line == "Picked l2=0.001: val acc 0.9500 (validation split); next l2=0.01: 0.9400."
 
 
 def test_progress_bar_redraws_on_a_terminal_and_prints_once_otherwise():

@@ -60,6 +60,19 @@ def sweep_table(result: dict[str, Any]) -> str:
     return _table(result["members"], columns)
 
 
+def picked_line(result: dict[str, Any]) -> str:
+    """The sweep's pick in a sentence: value, validation accuracy (mean ± std over
+    the folds of a cross-validation) and the runner-up's."""
+    param, rows = result["param"], result["members"]
+    best = next(r for r in rows if r[param] == result["picked"])
+    folds = result.get("folds")
+    acc = f"{best['val_acc']:.4f}" + (f" ± {best['val_acc_std']:.4f}" if folds else "")
+    where = f"mean over {folds} folds" if folds else "validation split"
+    others = sorted((r for r in rows if r is not best), key=lambda r: -r["val_acc"])
+    runner_up = f"; next {param}={others[0][param]:g}: {others[0]['val_acc']:.4f}" if others else ""
+    return f"Picked {param}={result['picked']:g}: val acc {acc} ({where}){runner_up}."
+
+
 def cpu_model() -> str:
     """The CPU's model name, with its family, model and widest vector ISA on Linux
     (``/proc/cpuinfo``: "AMD EPYC" names several generations), else what
@@ -200,10 +213,13 @@ def write(out: str | Path, record: dict[str, Any]) -> list[Path]:
     else:
         result = record["results"]
         lines.append(sweep_table(result))
+        if result.get("picked") is not None:
+            lines += ["", picked_line(result)]
+        folds = result.get("folds")
         lines += [
             "",
-            f"One program: mode {result['mode']}, loop {result['loop']}, "
-            f"{result['seconds']:.1f} s.",
+            f"One program{f' run on each of {folds} folds' if folds else ''}: "
+            f"mode {result['mode']}, loop {result['loop']}, {result['seconds']:.1f} s.",
         ]
         if plt is not None:
             _sweep_plot(plt, out / "sweep.png", result)

@@ -84,6 +84,8 @@ def prepare(
     train_size: int | None = None,
     val_fraction: float = 0.2,
     loader: Callable[..., data_lib.Dataset] = data_lib.load,
+    folds: int = 0,
+    fold: int = 0,
 ) -> Data:
     """Load ``dataset``, scale images to [0, 1], standardize signals, split off validation.
 
@@ -92,15 +94,30 @@ def prepare(
     divide it), or none with ``val_fraction=0`` (``Data.val`` is then None and
     the whole training split trains); ``train_size`` then keeps a seeded random
     subset of the rest for training (a small training set overfits sooner).
+
+    ``folds=K`` (K >= 2) splits for K-fold cross-validation instead of
+    ``val_fraction``: the seeded permutation of the training split is cut into K
+    blocks of ``n // K`` examples (the ``n % K`` left over always train) and
+    block ``fold`` validates. The K folds' validation sets are disjoint and the
+    splits have the same shapes, so one compiled program serves every fold.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    if folds and (folds < 2 or not 0 <= fold < folds):
+        raise ValueError(f"folds must be >= 2 and fold in [0, folds), got {folds=} {fold=}")
     ds = loader(dataset, data_dir=data_dir)
     (x, y), (xt, yt) = ds.train, ds.test
     perm = np.random.default_rng(seed).permutation(len(y))
-    n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(perm)))
-    if n_val > 2500:
-        n_val -= n_val % 500
+    if folds:
+        size = len(perm) // folds
+        if size < 1:
+            raise ValueError(f"folds={folds} exceeds the {len(perm)} training examples")
+        block = np.arange(fold * size, (fold + 1) * size)
+        n_val, perm = size, np.concatenate([perm[block], np.delete(perm, block)])
+    else:
+        n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(perm)))
+        if n_val > 2500:
+            n_val -= n_val % 500
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if train_size is not None:
         if not 1 < train_size <= len(train_idx):
@@ -537,7 +554,7 @@ def run_sweep(
     reg: Regularization,
     param: str,
     values: Sequence[float],
-    data: Data,
+    data: Data | Sequence[Data],
     *,
     model: str,
     epochs: int,
@@ -558,8 +575,19 @@ def run_sweep(
     """Train one member per value of ``param`` (on top of ``reg``) as one :func:`jaxreg.sweep`.
 
     Returns a JSON-ready dict with one row per member (the value, final train /
-    val / test accuracy in eval mode, gap, best epoch, stopped epoch) and the
-    per-epoch metrics of every member.
+    val / test accuracy in eval mode, gap, best epoch, stopped epoch), the
+    per-epoch metrics of every member and ``picked``: the value with the highest
+    validation accuracy, ties going to the lower validation loss (None without a
+    validation split).
+
+    ``data`` may be a list of the folds of a cross-validation (:func:`prepare`
+    with ``folds=K``, one per ``fold``): the sweep then runs once per fold with
+    the same compiled program (the mode and loop measured on the first fold), and
+    each row's figures are means over the folds, with ``*_std`` (population std)
+    and the per-fold validation accuracies (``val_acc_folds``); ``history`` is the
+    mean over folds (a fold that stopped early repeats its last epoch) and
+    ``callback`` counts epochs on across folds (fold ``i``'s epoch ``e`` is
+    ``i * epochs + e``).
     """
     if param not in SWEEPABLE:
         raise ValueError(f"cannot sweep {param!r}; sweepable: {', '.join(SWEEPABLE)}")
@@ -571,49 +599,106 @@ def run_sweep(
             raise ValueError(f"seed values must be non-negative ints, got {values}")
     else:
         reg = dataclasses.replace(reg, **{param: values[0]})
+    folds = list(data) if isinstance(data, (list, tuple)) else [data]
+    if (
+        not folds
+        or any(d.val is None for d in folds[1:])
+        or len({(d.train[0].shape, None if d.val is None else d.val[0].shape) for d in folds}) != 1
+    ):
+        raise ValueError("run_sweep: folds must be non-empty, with validation splits of one shape")
     t0 = time.perf_counter()
-    steps = epochs * (data.train[0].shape[0] // batch_size)
+    first = folds[0]
+    steps = epochs * (first.train[0].shape[0] // batch_size)
     lr = learning_rate_schedule(learning_rate, schedule, steps)
     trainer, hp, es = build(
-        reg, model, data, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
-        tta=tta, momentum=momentum, freeze=_freeze_step(freeze, data, batch_size),
+        reg, model, first, learning_rate=lr, model_fields=model_fields, optimizer=optimizer,
+        tta=tta, momentum=momentum, freeze=_freeze_step(freeze, first, batch_size),
         total_steps=steps, flip=flip, seed=seed,
     )  # fmt: skip
     members = {k: [v] * len(values) for k, v in hp.items()}
     members[param] = values
-    result = sweep(
-        trainer,
-        members,
-        data.train,
-        data.val,
-        key=jax.random.key(seed),
-        epochs=epochs,
-        batch_size=batch_size,
-        early_stopping=es,
-        mode=mode,
-        loop=loop,
-        eval_batch_size=_eval_batch_size(data),
-        callback=callback,
-    )
     ema = reg.ema is not None
-    rows = []
-    for i, value in enumerate(values):
-        member = jax.tree.map(lambda a, i=i: a[i], result.state)
-        rows.append(
-            {
-                param: value,
-                **_final(trainer, member, data, ema),
-                "best_epoch": int(result.best_epoch[i]),
-                "stopped_epoch": int(result.stopped_epoch[i]),
-            }
+    per_fold, histories = [], []
+    for i, d in enumerate(folds):
+        fold_callback = callback
+        if callback is not None and i:  # epochs count on across the folds
+            fold_callback = lambda epoch, m, i=i: callback(i * epochs + epoch, m)
+        result = sweep(
+            trainer,
+            members,
+            d.train,
+            d.val,
+            key=jax.random.key(seed),
+            epochs=epochs,
+            batch_size=batch_size,
+            early_stopping=es,
+            mode=mode,
+            loop=loop,
+            eval_batch_size=_eval_batch_size(d),
+            callback=fold_callback,
         )
+        mode, loop = result.mode, result.loop_used  # later folds reuse the first's choice
+        rows = []
+        for j, value in enumerate(values):
+            member = jax.tree.map(lambda a, j=j: a[j], result.state)
+            rows.append(
+                {
+                    param: value,
+                    **_final(trainer, member, d, ema),
+                    "best_epoch": int(result.best_epoch[j]),
+                    "stopped_epoch": int(result.stopped_epoch[j]),
+                }
+            )
+        per_fold.append(rows)
+        histories.append(result.metrics)
+    rows = per_fold[0] if len(folds) == 1 else [_fold_mean(r) for r in zip(*per_fold, strict=True)]
     keep = ("loss", "accuracy", "val_loss", "val_accuracy")
+    history = {k: _mean_series([h[k] for h in histories]) for k in keep if k in histories[0]}
     return {
         "param": param,
         "base_config": reg.name,
         "members": rows,
-        "mode": result.mode,
+        "picked": _pick(rows, param),
+        "folds": len(folds) if len(folds) > 1 else None,
+        "mode": mode,
         "loop": result.loop,
         "seconds": time.perf_counter() - t0,
-        "history": {k: result.metrics[k].tolist() for k in keep if k in result.metrics},
+        "history": history,
     }
+
+
+def _fold_mean(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One member's row over the folds: means, ``*_std`` of the accuracies and gap,
+    ``val_acc_folds``; epochs rounded means."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        got = [r[key] for r in rows]
+        if value is None or key not in _FOLD_KEYS:
+            continue
+        out[key] = float(np.mean(got))
+        if key.endswith("_acc") or key == "gap":
+            out[f"{key}_std"] = float(np.std(got))
+    for key in ("best_epoch", "stopped_epoch"):
+        out[key] = round(float(np.mean([r[key] for r in rows])))
+    out["val_acc_folds"] = [r["val_acc"] for r in rows]
+    return out
+
+
+_FOLD_KEYS = ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "gap")
+
+
+def _mean_series(series: Sequence[np.ndarray]) -> list:
+    """Per-epoch ``(epochs, K)`` series of the folds, averaged; a fold that ran fewer
+    epochs (early stopping) repeats its last one."""
+    n = max(len(s) for s in series)
+    padded = [np.concatenate([s, np.repeat(s[-1:], n - len(s), axis=0)]) for s in series]
+    return np.mean(padded, axis=0).tolist()
+
+
+def _pick(rows: Sequence[dict[str, Any]], param: str) -> float | None:
+    """The swept value with the highest validation accuracy; ties (equal to 1e-9)
+    go to the lower validation loss, then to the first listed."""
+    if rows[0]["val_acc"] is None:
+        return None
+    best = max(rows, key=lambda r: (round(r["val_acc"], 9), -r["val_loss"]))
+    return best[param]

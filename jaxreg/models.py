@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg.functional import conv_general_dilated
+from jaxreg.functional._fused import bn_relu_pool
 from jaxreg.functional.conv import METHODS as CONV_METHODS
 from jaxreg.nn import Dropout
 
@@ -55,9 +56,9 @@ __all__ = [
 ]
 
 
-def _norm_relu(x: jax.Array, batch_norm: bool, train: bool) -> jax.Array:
+def _norm_relu(x: jax.Array, batch_norm: bool, train: bool, name: str | None = None) -> jax.Array:
     if batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)(x)
     return nn.relu(x)
 
 
@@ -72,6 +73,34 @@ def _max_pool2(x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     x = x[:, : h - h % 2, : w - w % 2]
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class _BatchNormReluPool(nn.Module):
+    """``_max_pool2(relu(nn.BatchNorm(momentum=0.9)(x)))`` with the same variables
+    (``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``) and the same values;
+    training calls run as one custom-VJP kernel (``jaxreg.functional._fused``)."""
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        if not train:
+            mul = jax.lax.rsqrt(var.value + self.epsilon) * scale
+            y = (x - mean.value.reshape(1, 1, 1, c)) * mul.reshape(1, 1, 1, c)
+            y = y + bias.reshape(1, 1, 1, c)
+            return _max_pool2(nn.relu(y))
+        y, batch_mean, batch_var = bn_relu_pool(x, scale, bias, self.epsilon)
+        if not self.is_initializing():
+            m = self.momentum
+            mean.value = m * mean.value + (1 - m) * jax.lax.stop_gradient(batch_mean)
+            var.value = m * var.value + (1 - m) * jax.lax.stop_gradient(batch_var)
+        return y
 
 
 # the convolution every model's conv layers use (a benchmark may swap it for lax's)
@@ -110,6 +139,12 @@ class SmallCNN(nn.Module):
 
     Convs use SAME padding and pooling floors, so 28x28 -> 7x7, 32x32 -> 8x8 and
     8x8 (sklearn digits) -> 2x2 with the default two stages.
+
+    With ``batch_norm``, ``fused_norm=True`` (default) runs each conv block's
+    BN-relu-maxpool in training as one custom-VJP kernel (same values, gradients
+    and variables as flax's ``BatchNorm`` + ``relu`` + pooling; the MNIST train
+    step about 1.08x faster on a 2-core CPU, ``benchmarks/bench_models.py``);
+    ``False`` runs flax's ``BatchNorm`` (needed for forward-mode ``jax.jvp``).
     """
 
     num_classes: int = 10
@@ -117,16 +152,19 @@ class SmallCNN(nn.Module):
     dense: int = 128
     dropout: float | jax.Array = 0.0
     batch_norm: bool = False
+    fused_norm: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        for width in self.channels:
+        for i, width in enumerate(self.channels):
             x = _conv(width, (3, 3), self.batch_norm, padding="SAME")(x)
-            x = _norm_relu(x, self.batch_norm, train)
-            x = _max_pool2(x)
+            if self.batch_norm and self.fused_norm:
+                x = _BatchNormReluPool(name=f"BatchNorm_{i}")(x, train)
+            else:
+                x = _max_pool2(_norm_relu(x, self.batch_norm, train, name=f"BatchNorm_{i}"))
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.dense, use_bias=not self.batch_norm)(x)
-        x = _norm_relu(x, self.batch_norm, train)
+        x = _norm_relu(x, self.batch_norm, train, name=f"BatchNorm_{len(self.channels)}")
         x = Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(self.num_classes)(x)
 

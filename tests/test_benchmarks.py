@@ -103,11 +103,14 @@ def test_bench_models_smoke(capsys):
     argv = ["--batch", "4", "--size", "8", "--channels", "2,4", "--repeats", "1", "--steps", "1"]
     results = bench.main(argv)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines == results and len(results) == 1
-    (r,) = results
-    assert r["jaxreg reshape max-pool ms"] > 0 and r["nn.max_pool ms"] > 0
-    ratio = r["nn.max_pool ms"] / r["jaxreg reshape max-pool ms"]
-    assert abs(r["speedup"] - ratio) < 0.05 * ratio
+    assert lines == results and len(results) == 2
+    pool, bn = results
+    assert pool["jaxreg reshape max-pool ms"] > 0 and pool["nn.max_pool ms"] > 0
+    ratio = pool["nn.max_pool ms"] / pool["jaxreg reshape max-pool ms"]
+    assert abs(pool["speedup"] - ratio) < 0.05 * ratio
+    assert "+ BN" in bn["case"] and "+ BN" not in pool["case"]
+    ratio = bn["flax BatchNorm ms"] / bn["fused BN-relu-pool ms"]
+    assert abs(bn["speedup"] - ratio) < 0.05 * ratio
     from jaxreg import models
 
     assert models._max_pool2.__name__ == "_max_pool2"  # the patch was undone

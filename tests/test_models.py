@@ -396,3 +396,94 @@ def test_sweep_over_dropout_rates_of_a_model():
     params = result.state.params["Dense_0"]["kernel"]
     assert params.shape[0] == 2
     assert not np.allclose(params[0], params[1]), "members with different rates trained alike"
+
+
+def _bn_relu_pool_reference(x, scale, bias):
+    """flax's BatchNorm (batch statistics) + relu + _max_pool2, autodiffed."""
+    norm = nn.BatchNorm(use_running_average=False, momentum=0.9)
+    variables = {**norm.init(jax.random.key(0), x), "params": {"scale": scale, "bias": bias}}
+    y, _ = norm.apply(variables, x, mutable=["batch_stats"])
+    return _max_pool2(nn.relu(y))
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 8, 4), (2, 7, 5, 3)])
+def test_fused_bn_relu_pool_matches_flax(shape):
+    """The custom-VJP kernel: flax's values and input/scale/bias gradients, with a
+    negative scale, odd sizes (the floored row/column still counts in the
+    statistics) and tied maxima (a constant region: the gradient is shared)."""
+    from jaxreg.functional._fused import bn_relu_pool
+
+    x = jax.random.normal(jax.random.key(0), shape) * 3.0 + 1.0
+    x = x.at[0, :4, :4, :].set(0.25)  # ties in the first 2x2 blocks
+    c = shape[-1]
+    scale = jnp.linspace(-1.5, 2.0, c)
+    bias = jnp.linspace(-0.5, 0.7, c)
+    cot = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, c))
+
+    def fused(x, s, b):
+        return jnp.sum(bn_relu_pool(x, s, b, 1e-5)[0] * cot)
+
+    def ref(x, s, b):
+        return jnp.sum(_bn_relu_pool_reference(x, s, b) * cot)
+
+    y, mean, var = bn_relu_pool(x, scale, bias, 1e-5)
+    np.testing.assert_allclose(y, _bn_relu_pool_reference(x, scale, bias), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean, np.asarray(x).mean((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(var, np.asarray(x).var((0, 1, 2)), rtol=1e-4)
+    got = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(x, scale, bias)
+    want = jax.grad(ref, argnums=(0, 1, 2))(x, scale, bias)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(jnp.abs(w).max()))
+    # the tied block's gradient is split equally over its four inputs
+    g0 = np.asarray(got[0])[0, :2, :2, :]
+    np.testing.assert_allclose(g0, np.broadcast_to(g0[:1, :1], g0.shape), rtol=1e-5)
+    # under vmap (the sweeps' batched hyper-parameters), per-member gradients
+    xs = jnp.stack([x, x[::-1] * 0.5])
+    per = jax.vmap(jax.grad(fused), in_axes=(0, None, None))(xs, scale, bias)
+    np.testing.assert_allclose(per[1], jax.grad(fused)(xs[1], scale, bias), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 12, 12, 1), (4, 9, 9, 2)])
+def test_small_cnn_fused_norm_equals_flax_batch_norm(shape):
+    """SmallCNN(batch_norm=True): the fused blocks have flax's variables and give the
+    same loss, gradients, running statistics and inference outputs as
+    ``fused_norm=False`` (flax BatchNorm + relu + pooling)."""
+    x = jax.random.uniform(jax.random.key(2), shape)
+    x = x.at[:, :4].set(0.0)  # a blank band, as MNIST's borders: tied maxima
+    y = jnp.arange(shape[0]) % 10
+    fused = SmallCNN(channels=(4, 6), dense=8, batch_norm=True)
+    plain = fused.clone(fused_norm=False)
+    variables = fused.init(jax.random.key(0), x, train=False)
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        plain.init(jax.random.key(0), x, train=False)
+    )
+    params = jax.tree_util.tree_map_with_path(  # non-trivial BN scales (one negative) and shifts
+        lambda p, v: (
+            v * jnp.linspace(-0.5, 2.0, v.size).reshape(v.shape) + 0.1
+            if "BatchNorm" in jax.tree_util.keystr(p)
+            else v
+        ),
+        variables["params"],
+    )
+
+    def loss(p, model):
+        out, upd = model.apply(
+            {"params": p, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), upd
+
+    (l1, s1), g1 = jax.value_and_grad(loss, has_aux=True)(params, fused)
+    (l2, s2), g2 = jax.value_and_grad(loss, has_aux=True)(params, plain)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(s1["batch_stats"]["BatchNorm_0"]["mean"], 0.0)  # they did move
+    new = {"params": params, **s1}
+    np.testing.assert_allclose(
+        fused.apply(new, x, train=False), plain.apply(new, x, train=False), rtol=1e-5, atol=1e-5
+    )

@@ -158,7 +158,10 @@ def _corrupt_mnist(tmp_path: Path) -> Path:
         (["compare", "--schedule", "step"], "argument --schedule: invalid choice: 'step'"),
         (["compare", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice"),
         (["compare", "--optimizer", "sgd", "--momentum", "1"], "momentum must lie in [0, 1)"),
-        (["compare", "--model-field", "depth=3"], "NAME one of channels, dense (model cnn)"),
+        (
+            ["compare", "--model-field", "depth=3"],
+            "NAME one of channels, dense, fused_norm (model cnn)",
+        ),
         (["compare", "--model-field", "dense=wide"], "dense: 'wide' is not a number"),
         (["compare", "--tta"], "tta (mirrored test views) needs natural images"),
         (["compare", "--tta", "flip_translate"], "tta (mirrored test views) needs natural"),

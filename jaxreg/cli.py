@@ -202,9 +202,13 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
 def _model_fields(items: list[str], model: str) -> dict:
     """``["widths=32,128,128", "scale=0.1"]`` -> ``{"widths": (32, 128, 128), "scale": 0.1}``;
-    fields whose default is a string (``activation=relu``) keep the text."""
+    fields whose default is a string (``activation=relu``) keep the text, boolean
+    ones (``fused_norm=false``) take true/false/1/0."""
     defaults = {f.name: f.default for f in dataclasses.fields(MODELS[model])}
     fields = set(defaults) - {"parent", "name", "num_classes", "dropout", "batch_norm"}
     fields -= {"whitening"}  # computed from the training images
@@ -219,6 +223,14 @@ def _model_fields(items: list[str], model: str) -> dict:
             )
         if isinstance(defaults[name], str):
             out[name] = text.strip()
+            continue
+        if isinstance(defaults[name], bool):
+            flag = text.strip().lower()
+            if flag not in _BOOLS:
+                raise UsageError(
+                    f"--model-field {name}: expected true or false (or 1 or 0), got {text!r}"
+                )
+            out[name] = _BOOLS[flag]
             continue
         try:
             values = tuple(_number(v) for v in text.split(","))

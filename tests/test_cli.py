@@ -240,3 +240,11 @@ def test_model_fields_parse_numbers_lists_and_strings():
     }
     with pytest.raises(cli.UsageError, match="NAME one of activation, bias_scale, conv_method, ke"):
         cli._model_fields(["whitening=1"], "airbench")  # computed from the data, not a flag
+
+
+def test_model_fields_parse_booleans():
+    assert cli._model_fields(["fused_norm=false"], "cnn") == {"fused_norm": False}
+    assert cli._model_fields(["fused_norm=True"], "cnn") == {"fused_norm": True}
+    assert cli._model_fields(["fused_norm=0"], "cnn")["fused_norm"] is False
+    with pytest.raises(cli.UsageError, match="fused_norm: expected true or false"):
+        cli._model_fields(["fused_norm=maybe"], "cnn")

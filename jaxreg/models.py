@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg.functional import conv_general_dilated
-from jaxreg.functional._fused import bn_relu_pool
+from jaxreg.functional._fused import bn_relu_pool, normalize, pool_blocks
 from jaxreg.functional.conv import METHODS as CONV_METHODS
 from jaxreg.nn import Dropout
 
@@ -70,9 +70,7 @@ def _max_pool2(x: jax.Array) -> jax.Array:
     step runs 1.5x-2.8x faster on a 2-core CPU (``benchmarks/bench_models.py``).
     Tied maxima share the gradient equally (``nn.max_pool`` gives it all to one).
     """
-    n, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return pool_blocks(x).max(axis=(2, 4))
 
 
 class _BatchNormReluPool(nn.Module):
@@ -91,10 +89,8 @@ class _BatchNormReluPool(nn.Module):
         mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if not train:
-            mul = jax.lax.rsqrt(var.value + self.epsilon) * scale
-            y = (x - mean.value.reshape(1, 1, 1, c)) * mul.reshape(1, 1, 1, c)
-            y = y + bias.reshape(1, 1, 1, c)
-            return _max_pool2(nn.relu(y))
+            rstd = jax.lax.rsqrt(var.value + self.epsilon)
+            return _max_pool2(nn.relu(normalize(x, mean.value, rstd, scale, bias)))
         y, batch_mean, batch_var = bn_relu_pool(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             m = self.momentum
@@ -142,8 +138,8 @@ class SmallCNN(nn.Module):
 
     With ``batch_norm``, ``fused_norm=True`` (default) runs each conv block's
     BN-relu-maxpool in training as one custom-VJP kernel (same values, gradients
-    and variables as flax's ``BatchNorm`` + ``relu`` + pooling; the MNIST train
-    step about 1.08x faster on a 2-core CPU, ``benchmarks/bench_models.py``);
+    and variables as flax's ``BatchNorm`` + ``relu`` + pooling; the 32/64 train
+    step 1.05x-1.09x faster on a 2-core CPU, ``benchmarks/bench_models.py``);
     ``False`` runs flax's ``BatchNorm`` (needed for forward-mode ``jax.jvp``).
     """
 

@@ -9,8 +9,8 @@ makes one reduction pass (the two per-channel sums of batch norm's gradient)
 and one elementwise pass. Same values as ``flax.linen.BatchNorm`` (fast
 variance, ``E[x^2] - E[x]^2`` clipped at 0) followed by ``relu`` and
 ``jaxreg.models._max_pool2`` (tied maxima share the gradient equally; odd sizes
-floor); the MNIST SmallCNN train step runs about 1.08x faster on a 2-core CPU
-(``benchmarks/bench_models.py``).
+floor); the SmallCNN 32/64 train step with batch norm ran 1.05x-1.09x faster
+on a 2-core CPU (``benchmarks/bench_models.py --cases bn``).
 
 Reverse mode only (``jax.jvp`` through the training call is not supported, as
 for :func:`jaxreg.functional.conv_general_dilated`).
@@ -24,14 +24,10 @@ import jax
 import jax.numpy as jnp
 
 
-def _crop(x: jax.Array) -> jax.Array:
-    _, h, w, _ = x.shape
-    return x[:, : h - h % 2, : w - w % 2]
-
-
-def _blocks(x: jax.Array) -> jax.Array:
-    """(N, H, W, C) with even H, W -> (N, H/2, 2, W/2, 2, C)."""
+def pool_blocks(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> its 2x2 pooling blocks (N, H//2, 2, W//2, 2, C); odd sizes floor."""
     n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
     return x.reshape(n, h // 2, 2, w // 2, 2, c)
 
 
@@ -47,9 +43,9 @@ def _c(v: jax.Array) -> jax.Array:
     return v.reshape(1, 1, 1, -1)
 
 
-def _normalized_blocks(x, mean, rstd, scale, bias):
-    """batch_norm(x) cropped to even sizes, as 2x2 blocks (flax's order of operations)."""
-    return _blocks((_crop(x) - _c(mean)) * _c(rstd * scale) + _c(bias))
+def normalize(x, mean, rstd, scale, bias):
+    """``(x - mean) * (rstd * scale) + bias`` per channel (flax's order of operations)."""
+    return (x - _c(mean)) * _c(rstd * scale) + _c(bias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -66,7 +62,7 @@ def bn_relu_pool(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
 def _forward(x, scale, bias, epsilon):
     mean, var = _stats(x)
     rstd = jax.lax.rsqrt(var + epsilon)
-    pooled = _normalized_blocks(x, mean, rstd, scale, bias).max(axis=(2, 4))
+    pooled = pool_blocks(normalize(x, mean, rstd, scale, bias)).max(axis=(2, 4))
     y = jnp.maximum(pooled, 0.0).astype(x.dtype)  # relu commutes with max
     return (y, mean, var), (x, scale, bias, mean, rstd)
 
@@ -77,7 +73,7 @@ def _backward(epsilon, res, cts):
     n, h, w, c = x.shape
     # the maxima are recomputed from the recomputed blocks (not kept from the
     # forward), so each block has at least one hit whatever the rounding
-    z = _normalized_blocks(x, mean, rstd, scale, bias)
+    z = pool_blocks(normalize(x, mean, rstd, scale, bias))
     pooled = z.max(axis=(2, 4))
     g = jnp.where(pooled > 0, cts[0], 0.0)  # cotangents of mean and var are ignored
     hit = (z == pooled[:, :, None, :, None, :]).astype(g.dtype)

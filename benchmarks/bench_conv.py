@@ -16,14 +16,25 @@ process-wide, so every variant gets its own process):
   forward and forward+backward; plus minor page faults per call of the XLA
   kernel gradient (the fewest of three rounds of 10 calls).
 
+* ``eval`` (JAX only, not in the default cases): a model's forward in eval mode
+  (``train=False``, jitted) with jaxreg's convolution, which runs a call that is
+  not differentiated as ``lax.conv_general_dilated`` in 2-D and as the im2col
+  product in 1-D, against the im2col forward everywhere (the patch matrix and
+  one product, what the differentiated call computes): ``SmallCNN`` with batch
+  norm on 28x28x1 (batch 500, the experiments' evaluation batch), ``CNN1D`` on
+  MNIST-1D's 40x1 signals (batch 1000) and ``Airbench`` 64/256/256 on
+  32x32x3 (batch 256); the outputs' largest difference too.
+
 Median ms over ``--repeats`` runs of ``--steps`` calls, compile excluded.
 
     python benchmarks/bench_conv.py --repeats 5 --steps 5
+    python benchmarks/bench_conv.py --cases eval --repeats 9 --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -212,12 +223,79 @@ def torch_parts(args):
     return {"torch forward ms": fwd, "torch forward+backward ms": both}
 
 
+def _im2col_forward(lhs, rhs, window_strides, padding, *args, **kwargs):
+    """The im2col conv's forward (patch matrix + product) in flax's layouts: what
+    a differentiated call of ``jaxreg.functional.conv_general_dilated`` computes."""
+    from jaxreg.functional import conv
+
+    strides = tuple(int(s) for s in window_strides)
+    pads = conv._explicit_padding(padding, lhs.shape[1:-1], rhs.shape[:-2], strides)
+    if lhs.ndim == 3:  # (N, W, C) as (N, 1, W, C)
+        y = conv._conv2d_fwd(lhs[:, None], rhs[None], (1, strides[0]), ((0, 0), pads[0]))[0]
+        return y[:, 0]
+    return conv._conv2d_fwd(lhs, rhs, strides, pads)[0]
+
+
+#: eval case: model name, fields, input shape (batch first)
+EVAL_MODELS = (
+    ("cnn", {"batch_norm": True}, (500, 28, 28, 1)),
+    ("cnn1d", {"batch_norm": True}, (1000, 40, 1)),
+    ("airbench", {"widths": (64, 256, 256)}, (256, 32, 32, 3)),
+)
+
+
+def _eval_apply(model, variables, x):
+    return model.apply(variables, x, train=False)
+
+
+def jax_eval(args):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxreg import models
+
+    rng = np.random.default_rng(0)
+    out = {}
+    chosen = args.eval_models.split(",")
+    for name, fields, shape in EVAL_MODELS:
+        if name not in chosen:
+            continue
+        if args.eval_batch:
+            shape = (args.eval_batch, *shape[1:])
+        x = jnp.asarray(rng.random(shape, np.float32))
+        model = models.get_model(name, num_classes=10, **fields)
+        variables = model.init(jax.random.key(0), x[:2], train=False)
+        runs, outputs = {}, {}
+        for label, conv in (("jaxreg", models.CONV), ("im2col", _im2col_forward)):
+            original = models.CONV
+            models.CONV = conv  # read when the module is traced
+            try:
+                fn = jax.jit(functools.partial(_eval_apply, model))
+                outputs[label] = jax.block_until_ready(fn(variables, x))  # compiled here
+            finally:
+                models.CONV = original
+            runs[label] = functools.partial(fn, variables, x)
+        times = {label: [] for label in runs}
+        for _ in range(args.repeats):  # interleaved
+            for label, run in runs.items():
+                times[label].append(_median_ms(run, 1, args.steps))
+        ms = {label: float(np.median(t)) for label, t in times.items()}
+        out[f"{name} batch"] = shape[0]
+        out[f"{name} jaxreg ms"] = ms["jaxreg"]
+        out[f"{name} im2col ms"] = ms["im2col"]
+        out[f"{name} im2col / jaxreg"] = round(ms["im2col"] / ms["jaxreg"], 2)
+        out[f"{name} max abs diff"] = float(jnp.max(jnp.abs(outputs["jaxreg"] - outputs["im2col"])))
+    return out
+
+
 CHILDREN = {
     "jax_step": jax_step,
     "torch_step": torch_step,
     "jax_parts": jax_parts,
     "torch_parts": torch_parts,
+    "jax_eval": jax_eval,
 }
+CASES = ("step", "parts", "eval")
 
 
 # ------------------------------------------------------------------- driver
@@ -237,7 +315,8 @@ def run_child(script: str, argv: list[str], label: str, timeout: int = 3600):
 def _child(name, retain, args):
     argv = [
         "--child", name, "--repeats", str(args.repeats), "--steps", str(args.steps),
-        "--torch-threads", str(args.torch_threads),
+        "--torch-threads", str(args.torch_threads), "--eval-batch", str(args.eval_batch),
+        "--eval-models", args.eval_models,
     ]  # fmt: skip
     if retain:
         argv.append("--retain")
@@ -269,10 +348,23 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--torch-threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true", help="JAX only")
-    ap.add_argument("--cases", default="step,parts", help="comma-separated: step, parts")
+    ap.add_argument("--cases", default="step,parts", help="comma-separated: step, parts, eval")
+    ap.add_argument(
+        "--eval-batch", type=int, default=0, help="eval case: one batch for every model"
+    )
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--retain", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--eval-models",
+        default=",".join(m[0] for m in EVAL_MODELS),
+        help="eval case: comma-separated models (default all)",
+    )
     args = ap.parse_args(argv)
+    unknown = set(args.eval_models.split(",")) - {m[0] for m in EVAL_MODELS}
+    if unknown:
+        ap.error(
+            f"--eval-models takes {', '.join(m[0] for m in EVAL_MODELS)}, got {sorted(unknown)}"
+        )
     if args.child:  # one measurement in this process
         if args.retain:
             from jaxreg.cpu import retain_freed_memory
@@ -281,11 +373,11 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(CHILDREN[args.child](args)))
         return []
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    if not cases or set(cases) - {"step", "parts"}:
-        ap.error(f"--cases takes step and/or parts, got {args.cases!r}")
+    if not cases or set(cases) - set(CASES):
+        ap.error(f"--cases takes {', '.join(CASES)}, got {args.cases!r}")
     results = []
     for case in cases:
-        names = (f"jax_{case}", f"torch_{case}")
+        names = [n for n in (f"jax_{case}", f"torch_{case}") if n in CHILDREN]
         for retain in (False, True):
             row = {"case": case, "malloc": "retain_freed_memory" if retain else "glibc default"}
             for name in names:

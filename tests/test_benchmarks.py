@@ -130,6 +130,21 @@ def test_bench_conv_smoke(capsys):
     assert results[1]["kernel gradient faults_per_call"] < 100
 
 
+def test_bench_conv_eval_smoke(capsys):
+    bench = _load("bench_conv")
+    argv = ["--cases", "eval", "--repeats", "1", "--steps", "1", "--eval-batch", "3"]
+    results = bench.main([*argv, "--eval-models", "cnn,cnn1d"])
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == results
+    for r in results:
+        for name in ("cnn", "cnn1d"):
+            assert r[f"{name} batch"] == 3
+            assert r[f"{name} jaxreg ms"] > 0 and r[f"{name} im2col ms"] > 0
+            assert r[f"{name} max abs diff"] < 1e-4  # the same forward either way
+        assert "airbench batch" not in r
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--eval-models", "vgg"])
+
+
 MNIST_DIR = BENCH.parent / ".." / "shared" / "data" / "mnist"
 
 

@@ -48,6 +48,9 @@ def test_values_and_gradients_equal_lax(x_shape, k_shape, strides, padding):
     assert y1.shape == y2.shape
     assert_trees_close(y1, y2, rtol=1e-5, atol=1e-5)
     assert_trees_close(g1, g2, rtol=1e-4, atol=1e-5)
+    # not differentiated (the evaluation path): the same values
+    y0 = jax.jit(lambda x, k: conv_general_dilated(x, k, strides, padding, dimension_numbers=dn))
+    assert_trees_close(y0(x, k), y2, rtol=1e-5, atol=1e-5)
 
 
 def test_flax_conv_with_it_equals_flax_conv_and_vmaps():
@@ -95,16 +98,43 @@ def test_other_layouts_and_options_fall_back_to_lax():
 
 
 def test_im2col_path_is_taken_for_flax_layout():
-    x = jnp.ones((2, 6, 6, 3))
-    k = jnp.ones((3, 3, 3, 4))
-    jaxpr = str(
-        jax.make_jaxpr(
-            lambda x, k: conv_general_dilated(
-                x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-        )(x, k)
-    )
-    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+    """Differentiated, the im2col products run (no XLA convolution, forward or
+    backward); a call that is not differentiated runs XLA's convolution in 2-D
+    (no patch matrix to keep) and the im2col product in 1-D."""
+    conv = lambda x, k: conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DN[x.ndim])
+    for x_shape, k_shape in (((2, 6, 6, 3), (3, 3, 3, 4)), ((2, 9, 3), (3, 3, 4))):
+        x, k = jnp.ones(x_shape), jnp.ones(k_shape)
+        grad = str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(conv(x, k)), (0, 1)))(x, k))
+        assert "conv_general_dilated" not in grad and "dot_general" in grad
+        plain = str(jax.make_jaxpr(conv)(x, k))
+        if len(x_shape) == 4:
+            assert "conv_general_dilated" in plain and "dot_general" not in plain
+        else:
+            assert "conv_general_dilated" not in plain and "dot_general" in plain
+
+
+def test_evaluation_under_vmap_equals_lax():
+    """Not differentiated and vmapped: over kernels (a sweep's members) the im2col
+    products run (lax would batch them as a grouped convolution), over inputs
+    only XLA's convolution on the joined batch; nested maps too. Values equal
+    the vmapped lax convolution's."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(3, 2, 7, 7, 4)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 3, 4, 5)), jnp.float32)
+    dn = DN[4]
+    ours = lambda x, k: conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)
+    ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)
+    for axes, has_conv in (((0, 0), False), ((None, 0), False), ((0, None), True)):
+        xs = x if axes[0] == 0 else x[0]
+        ks = k if axes[1] == 0 else k[0]
+        f = jax.jit(jax.vmap(ours, in_axes=axes))
+        np.testing.assert_allclose(f(xs, ks), jax.vmap(ref, in_axes=axes)(xs, ks), 1e-5, 1e-5)
+        jaxpr = str(jax.make_jaxpr(jax.vmap(ours, in_axes=axes))(xs, ks))
+        assert ("conv_general_dilated" in jaxpr) == has_conv, axes
+    # members over kernels, and inside each member a map over input groups
+    nested = jax.vmap(jax.vmap(ours, in_axes=(0, None)), in_axes=(None, 0))
+    want = jax.vmap(jax.vmap(ref, in_axes=(0, None)), in_axes=(None, 0))(x, k)
+    np.testing.assert_allclose(jax.jit(nested)(x, k), want, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_padding_is_named():

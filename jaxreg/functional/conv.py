@@ -12,7 +12,12 @@ backward pass: the kernel gradient is ``patches.T @ grad`` and the input
 gradient ``grad @ kernel.T`` scattered back by ``kh * kw`` padded adds. Values
 and gradients equal ``lax.conv_general_dilated``'s up to float rounding
 (tested). The cost is memory: the patch matrix of every layer (``kh * kw``
-times its input) is kept until the backward pass.
+times its input) is kept until the backward pass. Called without
+differentiation (evaluation, inference), a 2-D convolution needs no patches and
+runs as ``lax.conv_general_dilated`` (through YNNPACK, whose direct convolution
+ran the 2-core CPU's eval forward of the MNIST ``SmallCNN`` 2.1x faster than
+im2col at batch 500, airbench's 1.03x, the ResNet's 1.14x; 1-D convolutions keep
+the im2col product, 1.24x faster for the MNIST-1D ``CNN1D``; ``bench_conv.py``).
 
 That holds while XLA's YNNPACK fusions are on (jaxlib's default). Off the CPU,
 or with them off (:func:`jaxreg.cpu.fast_convolutions`), XLA's own convolution
@@ -92,7 +97,40 @@ def _patches(x, kernel_hw, strides, pads):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv2d(x, k, strides, pads):
+    # called without differentiation (evaluation, inference) no patch matrix is
+    # kept, and XLA's own 2-D convolution runs the models' forward faster (the 1-D
+    # nets' one height row: the im2col product does)
+    if x.shape[1] == 1 and k.shape[0] == 1:
+        return _im2col(x, k, strides, pads)
+    return _eval_conv2d(x, k, strides, pads)
+
+
+def _im2col(x, k, strides, pads):
     return _conv2d_fwd(x, k, strides, pads)[0]
+
+
+def _eval_conv2d(x, k, strides, pads):
+    """XLA's convolution, except under ``vmap`` over kernels (a sweep's members):
+    lax batches those as a grouped convolution, slower than the im2col products
+    batched as one (``tests/test_conv.py``)."""
+
+    @jax.custom_batching.custom_vmap
+    def conv(x, k):
+        return lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_NHWC)
+
+    @conv.def_vmap
+    def _batched(axis_size, in_batched, x, k):
+        x_batched, k_batched = in_batched
+        if k_batched:
+            fn = functools.partial(_im2col, strides=strides, pads=pads)
+            return jax.vmap(fn, in_axes=(0 if x_batched else None, 0))(x, k), True
+        y = conv(x.reshape(-1, *x.shape[2:]), k)  # the mapped axis joins the batch
+        return y.reshape(axis_size, -1, *y.shape[1:]), True
+
+    return conv(x, k)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv2d_fwd(x, k, strides, pads):
@@ -152,8 +190,11 @@ def conv_general_dilated(
     dilation or groups take the im2col path; anything else is passed to
     ``lax.conv_general_dilated`` unchanged, and so does every convolution when
     :func:`jaxreg.cpu.native_convolutions` is True (off the CPU, or with
-    :func:`jaxreg.cpu.fast_convolutions`). ``method="im2col"`` or ``"lax"``
-    forces one path (``"im2col"`` still defers the cases it does not handle).
+    :func:`jaxreg.cpu.fast_convolutions`). On the im2col path a call that is not
+    differentiated (evaluation) runs 2-D convolutions as
+    ``lax.conv_general_dilated`` too: only the gradients need the patch matrix.
+    ``method="im2col"`` or ``"lax"`` forces one path (``"im2col"`` still defers
+    the cases it does not handle).
     ``method="winograd"`` runs 3x3 stride-1 SAME 2-D convolutions (flax's layout,
     no dilation or groups) by :func:`jaxreg.functional.winograd_conv3x3` (4x fewer
     multiply-adds; faster on the CPU where the channels are many; ``precision`` is

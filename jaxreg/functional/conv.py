@@ -14,10 +14,12 @@ and gradients equal ``lax.conv_general_dilated``'s up to float rounding
 (tested). The cost is memory: the patch matrix of every layer (``kh * kw``
 times its input) is kept until the backward pass. Called without
 differentiation (evaluation, inference), a 2-D convolution needs no patches and
-runs as ``lax.conv_general_dilated`` (through YNNPACK, whose direct convolution
-ran the 2-core CPU's eval forward of the MNIST ``SmallCNN`` 2.1x faster than
-im2col at batch 500, airbench's 1.03x, the ResNet's 1.14x; 1-D convolutions keep
-the im2col product, 1.24x faster for the MNIST-1D ``CNN1D``; ``bench_conv.py``).
+runs as ``lax.conv_general_dilated`` (under the default flags YNNPACK's direct
+convolution: the eval forward of the MNIST ``SmallCNN`` ran 2.1x faster than the
+im2col forward at batch 500 on a 2-core CPU, airbench's 1.04x-1.08x,
+``benchmarks/bench_conv.py --cases eval``), except under ``vmap`` over kernels
+(a sweep's members), where lax's grouped convolution is slower than the batched
+im2col products; 1-D convolutions keep the im2col product, faster there.
 
 That holds while XLA's YNNPACK fusions are on (jaxlib's default). Off the CPU,
 or with them off (:func:`jaxreg.cpu.fast_convolutions`), XLA's own convolution
@@ -111,8 +113,9 @@ def _im2col(x, k, strides, pads):
 
 def _eval_conv2d(x, k, strides, pads):
     """XLA's convolution, except under ``vmap`` over kernels (a sweep's members):
-    lax batches those as a grouped convolution, slower than the im2col products
-    batched as one (``tests/test_conv.py``)."""
+    lax batches those as a grouped convolution, which ran 4 ``SmallCNN``
+    members' eval forward 1.33x-1.40x slower than the im2col products batched
+    as one (``benchmarks/README.md``)."""
 
     @jax.custom_batching.custom_vmap
     def conv(x, k):

@@ -223,17 +223,15 @@ def torch_parts(args):
     return {"torch forward ms": fwd, "torch forward+backward ms": both}
 
 
-def _im2col_forward(lhs, rhs, window_strides, padding, *args, **kwargs):
-    """The im2col conv's forward (patch matrix + product) in flax's layouts: what
-    a differentiated call of ``jaxreg.functional.conv_general_dilated`` computes."""
-    from jaxreg.functional import conv
+def _im2col_forward(lhs, rhs, *args, **kwargs):
+    """The im2col conv's forward (patch matrix + product): the primal output of
+    ``jaxreg.functional.conv_general_dilated`` under ``jax.vjp`` (its custom VJP's
+    forward rule), i.e. what a differentiated call computes."""
+    import jax
 
-    strides = tuple(int(s) for s in window_strides)
-    pads = conv._explicit_padding(padding, lhs.shape[1:-1], rhs.shape[:-2], strides)
-    if lhs.ndim == 3:  # (N, W, C) as (N, 1, W, C)
-        y = conv._conv2d_fwd(lhs[:, None], rhs[None], (1, strides[0]), ((0, 0), pads[0]))[0]
-        return y[:, 0]
-    return conv._conv2d_fwd(lhs, rhs, strides, pads)[0]
+    from jaxreg.functional import conv_general_dilated
+
+    return jax.vjp(lambda a, b: conv_general_dilated(a, b, *args, **kwargs), lhs, rhs)[0]
 
 
 #: eval case: model name, fields, input shape (batch first)

@@ -15,7 +15,7 @@ and gradients equal ``lax.conv_general_dilated``'s up to float rounding
 times its input) is kept until the backward pass. Called without
 differentiation (evaluation, inference), a 2-D convolution needs no patches and
 runs as ``lax.conv_general_dilated`` (under the default flags YNNPACK's direct
-convolution: the eval forward of the MNIST ``SmallCNN`` ran 2.1x faster than the
+convolution: the eval forward of the MNIST ``SmallCNN`` ran 2.0x-2.1x faster than the
 im2col forward at batch 500 on a 2-core CPU, airbench's 1.04x-1.08x,
 ``benchmarks/bench_conv.py --cases eval``), except under ``vmap`` over kernels
 (a sweep's members), where lax's grouped convolution is slower than the batched
@@ -97,6 +97,10 @@ def _patches(x, kernel_hw, strides, pads):
     return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
 
 
+#: flax's layouts, as ``lax.conv_general_dilated``'s dimension numbers
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv2d(x, k, strides, pads):
     # called without differentiation (evaluation, inference) no patch matrix is
@@ -115,7 +119,7 @@ def _eval_conv2d(x, k, strides, pads):
     """XLA's convolution, except under ``vmap`` over kernels (a sweep's members):
     lax batches those as a grouped convolution, which ran 4 ``SmallCNN``
     members' eval forward 1.33x-1.40x slower than the im2col products batched
-    as one (``benchmarks/README.md``)."""
+    as one (a scratch measurement, ``benchmarks/README.md``)."""
 
     @jax.custom_batching.custom_vmap
     def conv(x, k):
@@ -131,9 +135,6 @@ def _eval_conv2d(x, k, strides, pads):
         return y.reshape(axis_size, -1, *y.shape[1:]), True
 
     return conv(x, k)
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv2d_fwd(x, k, strides, pads):

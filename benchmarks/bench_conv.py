@@ -25,10 +25,24 @@ process-wide, so every variant gets its own process):
   MNIST-1D's 40x1 signals (batch 1000) and ``Airbench`` 64/256/256 on
   32x32x3 (batch 256); the outputs' largest difference too.
 
+* ``bound`` (retained memory only, not in the default cases): where the
+  ``mnist`` task's step loses to PyTorch's. The task's whole train step
+  (``jaxreg.experiments.runner.build`` with its recipe: ``SmallCNN`` with batch
+  norm, 2-px shifts, dropout 0.3, label smoothing 0.1, EMA, Adam; random data of
+  MNIST's shapes) with conv 2 (the 32->64 3x3 conv at 14x14, the one conv with
+  more than one input channel) run four ways, interleaved: jaxreg's im2col conv;
+  PyTorch's own convolution (oneDNN) inside the step through
+  ``jax.pure_callback`` (its forward and its backward, one callback each);
+  the same two callbacks returning zeros (what the callback mechanism costs);
+  and a stand-in of the same shapes that does no convolution (the rest of the
+  step). Against PyTorch eager's step of the same recipe with conv 2 and with the
+  same kind of stand-in (its input channels twice). Needs torch.
+
 Median ms over ``--repeats`` runs of ``--steps`` calls, compile excluded.
 
     python benchmarks/bench_conv.py --repeats 5 --steps 5
     python benchmarks/bench_conv.py --cases eval --repeats 9 --steps 10
+    python benchmarks/bench_conv.py --cases bound --repeats 11 --steps 20
 """
 
 from __future__ import annotations
@@ -286,14 +300,255 @@ def jax_eval(args):
     return out
 
 
+# ------------------------------------------------------------------- bound
+
+#: the ``mnist`` task's recipe (``benchmarks/bench_accuracy.py``)
+BOUND_RECIPE = "augmentation=0.5+dropout=0.3+label_smoothing=0.1+batchnorm+ema"
+BOUND_VARIANTS = ("im2col", "oneDNN callback", "no-op callback", "no conv 2")
+
+
+@functools.cache
+def _conv2_standin():
+    """Conv 2's output shape and gradients of its arguments' shapes, with next
+    to no work (one input channel broadcast; the gradients likewise): a lower
+    bound on what conv 2 adds to a step is the step with it less the step with this."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def standin(x, k):
+        return jnp.broadcast_to(x[..., :1], (*x.shape[:3], k.shape[-1])) * k[1, 1, 0, 0]
+
+    def fwd(x, k):
+        return standin(x, k), (x, k)
+
+    def bwd(res, ct):
+        x, k = res
+        return jnp.broadcast_to(ct[..., :1], x.shape), jnp.zeros_like(k) + ct[0, 0, 0, 0]
+
+    standin.defvjp(fwd, bwd)
+    return standin
+
+
+def _callback_conv(fwd_host, bwd_host):
+    """A 3x3 stride-1 SAME NHWC/HWIO conv whose forward and backward are one
+    ``jax.pure_callback`` each, to host functions of NumPy arrays."""
+    import jax
+
+    @jax.custom_vjp
+    def conv(x, k):
+        return conv_fwd(x, k)[0]
+
+    def conv_fwd(x, k):
+        out = jax.ShapeDtypeStruct((*x.shape[:3], k.shape[-1]), x.dtype)
+        return jax.pure_callback(fwd_host, out, x, k), (x, k)
+
+    def conv_bwd(res, ct):
+        x, k = res
+        shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype))
+        return jax.pure_callback(bwd_host, shapes, x, k, ct)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+    return conv
+
+
+def _onednn_host():
+    """PyTorch's conv (oneDNN on the CPU) on NHWC / HWIO NumPy arrays: forward
+    and backward (input and kernel gradients), channels-last views, no copies in."""
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore", message=".*not writable.*")  # read-only views
+
+    def nchw(a):  # an NHWC array as a channels-last NCHW tensor, no copy
+        return torch.from_numpy(np.asarray(a)).permute(0, 3, 1, 2)
+
+    def oihw(k):
+        return torch.from_numpy(np.asarray(k)).permute(3, 2, 0, 1)
+
+    def fwd(x, k):
+        with torch.no_grad():
+            y = torch.conv2d(nchw(x), oihw(k), None, 1, 1)
+        return y.permute(0, 2, 3, 1).numpy()
+
+    def bwd(x, k, ct):
+        with torch.no_grad():
+            dx, dk, _ = torch.ops.aten.convolution_backward(
+                nchw(ct), nchw(x), oihw(k), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [True, True, False],
+            )  # fmt: skip
+        return (
+            dx.permute(0, 2, 3, 1).contiguous().numpy(),
+            dk.permute(2, 3, 1, 0).contiguous().numpy(),
+        )
+
+    return fwd, bwd
+
+
+def _noop_host():
+    def fwd(x, k):
+        return np.zeros((*x.shape[:3], k.shape[-1]), x.dtype)
+
+    def bwd(x, k, ct):
+        return np.zeros(x.shape, x.dtype), np.zeros(k.shape, k.dtype)
+
+    return fwd, bwd
+
+
+def _bound_data(n=4900):
+    import jax.numpy as jnp
+
+    from jaxreg.experiments import runner
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((n, 28, 28, 1), np.float32))
+    y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+    return runner.Data("mnist", (x, y), None, (x[:500], y[:500]), 10)
+
+
+def jax_bound(args):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from jaxreg import models
+    from jaxreg.experiments import runner
+    from jaxreg.experiments.configs import parse_config
+
+    data = _bound_data()
+    x, y = data.train
+    batches = [(x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH]) for i in range(8)]
+    dn = ("NHWC", "HWIO", "NHWC")
+    default = models.CONV
+    onednn = _callback_conv(*_onednn_host())
+    convs = {
+        "im2col": None,
+        "oneDNN callback": onednn,
+        "no-op callback": _callback_conv(*_noop_host()),
+        "no conv 2": _conv2_standin(),
+    }
+
+    # the callback conv computes conv 2 and its gradients as lax's does
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.standard_normal((4, 14, 14, 32), np.float32))
+    ks = jnp.asarray(rng.standard_normal((3, 3, 32, 64), np.float32))
+
+    def loss(conv, a, b):
+        return jnp.sum(conv(a, b) ** 2)
+
+    lax_conv = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                                 dimension_numbers=dn)  # fmt: skip
+    want = jax.value_and_grad(functools.partial(loss, lax_conv), (0, 1))(xs, ks)
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, onednn), (0, 1)))(xs, ks)
+    err = max(
+        float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w)))
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    )
+
+    def make(conv2):
+        def conv(lhs, rhs, *a, **kw):  # conv 2: the one with more than one input channel
+            if conv2 is None or rhs.shape[2] == 1:
+                return default(lhs, rhs, *a, **kw)
+            return conv2(lhs, rhs)
+
+        reg = parse_config(BOUND_RECIPE)
+        lr = runner.learning_rate_schedule(3e-3, "cosine", 1500)
+        trainer, hp, _ = runner.build(reg, "cnn", data, learning_rate=lr)
+        models.CONV = conv  # read when the module is traced
+        try:
+            state = trainer.init(jax.random.key(0), x[:BATCH], hp)
+            box = [trainer.train_step(state, batches[0])]
+            jax.block_until_ready(box[0])
+        finally:
+            models.CONV = default
+        count = [0]
+
+        def run():
+            count[0] += 1
+            box[0] = trainer.train_step(box[0][0], batches[count[0] % len(batches)])
+            return box[0][1]["loss"]
+
+        return run
+
+    runs = {name: make(conv) for name, conv in convs.items()}
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved
+        for name, run in runs.items():
+            times[name].append(_median_ms(run, 1, args.steps))
+    out = {f"{name} ms": float(np.median(t)) for name, t in times.items()}
+    out["oneDNN callback max rel err"] = err
+    return out
+
+
+def torch_bound(args):
+    import torch
+    import torch.nn.functional as F
+    from bench_accuracy import _torch_augment  # a child runs from this directory
+    from torch import nn
+
+    torch.set_num_threads(args.torch_threads)
+    torch.manual_seed(0)
+
+    class Repeat(nn.Module):  # conv 2's stand-in: its output shape, no convolution
+        def forward(self, v):
+            return torch.cat([v, v], 1)  # channels-last kept (``repeat`` drops it)
+
+    def net(standin):
+        conv2 = Repeat() if standin else nn.Conv2d(32, 64, 3, padding=1, bias=False)
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d(2), conv2, nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 49, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(),
+            nn.Dropout(0.3), nn.Linear(128, 10),
+        ).to(memory_format=torch.channels_last)  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    n = 4900
+    xs = torch.from_numpy(rng.random((n, 1, 28, 28), np.float32)).contiguous(
+        memory_format=torch.channels_last
+    )
+    ys = torch.from_numpy(rng.integers(0, 10, n).astype(np.int64))
+
+    def make(standin):
+        model = net(standin)
+        opt = torch.optim.Adam(model.parameters(), 3e-3)
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        def run():  # bench_accuracy's PyTorch step: 2-px shifts, smoothing, EMA
+            idx = torch.from_numpy(rng.integers(0, n, BATCH))
+            xb = _torch_augment(xs[idx], rng, 2, None, idx, 0)  # its per-image shifts
+            loss = F.cross_entropy(model(xb), ys[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        ema[k].mul_(0.99).add_(v, alpha=0.01)
+                    else:
+                        ema[k].copy_(v)
+
+        return run
+
+    runs = {"torch": make(False), "torch no conv 2": make(True)}
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved
+        for name, run in runs.items():
+            times[name].append(_median_ms(run, 1, args.steps))
+    return {f"{name} ms": float(np.median(t)) for name, t in times.items()}
+
+
 CHILDREN = {
     "jax_step": jax_step,
     "torch_step": torch_step,
     "jax_parts": jax_parts,
     "torch_parts": torch_parts,
     "jax_eval": jax_eval,
+    "jax_bound": jax_bound,
+    "torch_bound": torch_bound,
 }
-CASES = ("step", "parts", "eval")
+CASES = ("step", "parts", "eval", "bound")
 
 
 # ------------------------------------------------------------------- driver
@@ -340,13 +595,34 @@ def _machine():
     }
 
 
+def _bound_summary(row: dict) -> dict:
+    """Conv 2's share of each step and what a step with PyTorch's conv 2 at no
+    callback cost would take (the rest of jaxreg's step plus PyTorch's conv 2)."""
+    rest = row["no conv 2 ms"]
+    jax_conv2 = row["im2col ms"] - rest
+    torch_conv2 = row["torch ms"] - row["torch no conv 2 ms"]
+    callback = row["no-op callback ms"] - rest
+    return {
+        "conv 2 in the jax step ms": round(jax_conv2, 2),
+        "conv 2 in the torch step ms": round(torch_conv2, 2),
+        "the rest: jax / torch": round(rest / row["torch no conv 2 ms"], 2),
+        "callback cost ms": round(callback, 2),
+        "jax step with oneDNN's conv 2 less the callback cost ms": round(
+            row["oneDNN callback ms"] - callback, 2
+        ),
+        "im2col / torch": round(row["im2col ms"] / row["torch ms"], 2),
+    }
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--torch-threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true", help="JAX only")
-    ap.add_argument("--cases", default="step,parts", help="comma-separated: step, parts, eval")
+    ap.add_argument(
+        "--cases", default="step,parts", help="comma-separated: step, parts, eval, bound"
+    )
     ap.add_argument(
         "--eval-batch", type=int, default=0, help="eval case: one batch for every model"
     )
@@ -376,7 +652,9 @@ def main(argv=None) -> list[dict]:
     results = []
     for case in cases:
         names = [n for n in (f"jax_{case}", f"torch_{case}") if n in CHILDREN]
-        for retain in (False, True):
+        if case == "bound" and args.no_torch:
+            ap.error("the bound case needs torch (its callback conv is PyTorch's)")
+        for retain in (True,) if case == "bound" else (False, True):
             row = {"case": case, "malloc": "retain_freed_memory" if retain else "glibc default"}
             for name in names:
                 if name.startswith("torch") and args.no_torch:
@@ -386,6 +664,8 @@ def main(argv=None) -> list[dict]:
                     "jax " if name == "jax_step" else ("torch " if name == "torch_step" else "")
                 )
                 row.update({prefix + key: value for key, value in out.items()})
+            if case == "bound":
+                row.update(_bound_summary(row))
             if case == "step":
                 row["lax conv / im2col"] = round(row["jax lax conv ms"] / row["jax ms"], 2)
                 if "torch ms" in row:

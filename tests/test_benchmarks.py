@@ -145,6 +145,28 @@ def test_bench_conv_eval_smoke(capsys):
         bench.main([*argv, "--eval-models", "vgg"])
 
 
+def test_bench_conv_bound_smoke(capsys):
+    pytest.importorskip("torch")
+    bench = _load("bench_conv")
+    with pytest.raises(SystemExit):  # its callback conv is PyTorch's
+        bench.main(["--cases", "bound", "--no-torch"])
+    (row,) = bench.main(["--cases", "bound", "--repeats", "1", "--steps", "1"])
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [row]
+    assert row["malloc"] == "retain_freed_memory"  # the task's setting only
+    for name in (*bench.BOUND_VARIANTS, "torch", "torch no conv 2"):
+        assert row[f"{name} ms"] > 0
+    assert row["oneDNN callback max rel err"] < 1e-5  # PyTorch's conv is conv 2, gradients too
+    assert row["conv 2 in the jax step ms"] == round(row["im2col ms"] - row["no conv 2 ms"], 2)
+    torch_conv2 = row["torch ms"] - row["torch no conv 2 ms"]
+    assert row["conv 2 in the torch step ms"] == round(torch_conv2, 2)
+    callback = row["no-op callback ms"] - row["no conv 2 ms"]
+    without = row["jax step with oneDNN's conv 2 less the callback cost ms"]
+    assert without == round(row["oneDNN callback ms"] - callback, 2)
+    from jaxreg import models
+
+    assert models.CONV is models.conv_general_dilated  # the swap was undone
+
+
 MNIST_DIR = BENCH.parent / ".." / "shared" / "data" / "mnist"
 
 

@@ -291,6 +291,24 @@ def _finish(accuracy, train, test, t0: float, versions: dict) -> dict:
     }
 
 
+def torch_cnn(c_in: int, hw: tuple[int, int], k: int, bn: bool, dropout: float):
+    """jaxreg's ``SmallCNN`` (32/64 3x3 convs, each with batch norm if ``bn``,
+    relu and a 2x2 max-pool; dense 128, dropout, dense ``k``) as a PyTorch
+    ``nn.Sequential``: conv 2 is item 4 with ``bn``, item 3 without."""
+    from torch import nn
+
+    layers, prev = [], c_in
+    for w in (32, 64):
+        layers += [nn.Conv2d(prev, w, 3, padding=1, bias=not bn)]
+        layers += [nn.BatchNorm2d(w, momentum=0.1, eps=1e-5)] if bn else []
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        prev = w
+    layers += [nn.Flatten(), nn.Linear(64 * (hw[0] // 4) * (hw[1] // 4), 128, bias=not bn)]
+    layers += [nn.BatchNorm1d(128, momentum=0.1, eps=1e-5)] if bn else []
+    layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(128, k)]
+    return nn.Sequential(*layers)
+
+
 def run_torch(task: dict, config: str, seed: int) -> dict:
     import torch
     import torch.nn.functional as F
@@ -310,16 +328,8 @@ def run_torch(task: dict, config: str, seed: int) -> dict:
     if task["model"] == "airbench":
         body, scale = _torch_airbench(task, x, c_in, k)
     elif task["model"] == "cnn":
-        layers, prev = [], c_in
-        for w in (32, 64):
-            layers += [nn.Conv2d(prev, w, 3, padding=1, bias=not bn)]
-            layers += ([norm(w)] if bn else []) + [nn.ReLU(), nn.MaxPool2d(2)]
-            prev = w
-        flat = 64 * (x.shape[1] // 4) * (x.shape[2] // 4)
-        layers += [nn.Flatten(), nn.Linear(flat, 128, bias=not bn)]
-        layers += ([norm(128, 1)] if bn else []) + [nn.ReLU(), nn.Dropout(reg.get("dropout", 0.0))]
-        layers += [nn.Linear(128, k)]
-        body, scale = nn.Sequential(*layers), 1.0
+        body = torch_cnn(c_in, x.shape[1:3], k, bn, reg.get("dropout", 0.0))
+        scale = 1.0
     elif task["model"] == "cnn1d":  # the MNIST-1D paper's ConvBase, as jaxreg's CNN1D
         layers, prev = [], c_in
         for i in range(3):

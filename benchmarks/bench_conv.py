@@ -48,6 +48,7 @@ Median ms over ``--repeats`` runs of ``--steps`` calls, compile excluded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -71,6 +72,30 @@ def _median_ms(fn, repeats, steps):
         _block(out)
         times.append((time.perf_counter() - t0) / steps)
     return round(float(np.median(times)) * 1e3, 3)
+
+
+def _interleaved_ms(runs: dict, repeats: int, steps: int) -> dict:
+    """Median ms per call of each of ``runs`` (name -> callable), timed in
+    ``repeats`` interleaved rounds of ``steps`` calls."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(_median_ms(run, 1, steps))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+@contextlib.contextmanager
+def _models_conv(conv):
+    """``jaxreg.models``' convolution swapped for ``conv`` (read when a module is
+    traced: compile inside), restored on exit."""
+    from jaxreg import models
+
+    original = models.CONV
+    models.CONV = conv
+    try:
+        yield
+    finally:
+        models.CONV = original
 
 
 def _block(out):
@@ -114,9 +139,7 @@ def jax_step(args):
 
     def make(conv):
         model = models.SmallCNN(channels=(32, 64), dense=128)
-        original = models.CONV
-        models.CONV = conv  # read when the module is traced
-        try:
+        with _models_conv(conv):
             params = model.init(jax.random.key(0), x, train=False)["params"]
 
             def loss_fn(p):
@@ -131,8 +154,6 @@ def jax_step(args):
 
             box = [step(params, tx.init(params))]  # compiled while the conv is swapped
             jax.block_until_ready(box[0])
-        finally:
-            models.CONV = original
 
         def run():
             box[0] = step(*box[0][:2])
@@ -141,13 +162,10 @@ def jax_step(args):
         return run
 
     runs = {"im2col": make(models.CONV), "lax": make(lax.conv_general_dilated)}
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleaved
-        for name, run in runs.items():
-            times[name].append(_median_ms(run, 1, args.steps))
+    ms = _interleaved_ms(runs, args.repeats, args.steps)
     return {
-        "ms": float(np.median(times["im2col"])),
-        "lax conv ms": float(np.median(times["lax"])),
+        "ms": ms["im2col"],
+        "lax conv ms": ms["lax"],
         "faults_per_call": _faults_per_call(runs["im2col"]),
     }
 
@@ -279,19 +297,11 @@ def jax_eval(args):
         variables = model.init(jax.random.key(0), x[:2], train=False)
         runs, outputs = {}, {}
         for label, conv in (("jaxreg", models.CONV), ("im2col", _im2col_forward)):
-            original = models.CONV
-            models.CONV = conv  # read when the module is traced
-            try:
+            with _models_conv(conv):
                 fn = jax.jit(functools.partial(_eval_apply, model))
                 outputs[label] = jax.block_until_ready(fn(variables, x))  # compiled here
-            finally:
-                models.CONV = original
             runs[label] = functools.partial(fn, variables, x)
-        times = {label: [] for label in runs}
-        for _ in range(args.repeats):  # interleaved
-            for label, run in runs.items():
-                times[label].append(_median_ms(run, 1, args.steps))
-        ms = {label: float(np.median(t)) for label, t in times.items()}
+        ms = _interleaved_ms(runs, args.repeats, args.steps)
         out[f"{name} batch"] = shape[0]
         out[f"{name} jaxreg ms"] = ms["jaxreg"]
         out[f"{name} im2col ms"] = ms["im2col"]
@@ -455,13 +465,10 @@ def jax_bound(args):
         reg = parse_config(BOUND_RECIPE)
         lr = runner.learning_rate_schedule(3e-3, "cosine", 1500)
         trainer, hp, _ = runner.build(reg, "cnn", data, learning_rate=lr)
-        models.CONV = conv  # read when the module is traced
-        try:
+        with _models_conv(conv):
             state = trainer.init(jax.random.key(0), x[:BATCH], hp)
             box = [trainer.train_step(state, batches[0])]
             jax.block_until_ready(box[0])
-        finally:
-            models.CONV = default
         count = [0]
 
         def run():
@@ -472,11 +479,8 @@ def jax_bound(args):
         return run
 
     runs = {name: make(conv) for name, conv in convs.items()}
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleaved
-        for name, run in runs.items():
-            times[name].append(_median_ms(run, 1, args.steps))
-    out = {f"{name} ms": float(np.median(t)) for name, t in times.items()}
+    ms = _interleaved_ms(runs, args.repeats, args.steps)
+    out = {f"{name} ms": value for name, value in ms.items()}
     out["oneDNN callback max rel err"] = err
     return out
 
@@ -484,7 +488,7 @@ def jax_bound(args):
 def torch_bound(args):
     import torch
     import torch.nn.functional as F
-    from bench_accuracy import _torch_augment  # a child runs from this directory
+    from bench_accuracy import _torch_augment, torch_cnn  # a child runs from here
     from torch import nn
 
     torch.set_num_threads(args.torch_threads)
@@ -494,14 +498,11 @@ def torch_bound(args):
         def forward(self, v):
             return torch.cat([v, v], 1)  # channels-last kept (``repeat`` drops it)
 
-    def net(standin):
-        conv2 = Repeat() if standin else nn.Conv2d(32, 64, 3, padding=1, bias=False)
-        return nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.MaxPool2d(2), conv2, nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 49, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(),
-            nn.Dropout(0.3), nn.Linear(128, 10),
-        ).to(memory_format=torch.channels_last)  # fmt: skip
+    def net(standin):  # the task's network, bench_accuracy's PyTorch peer
+        model = torch_cnn(1, (28, 28), 10, bn=True, dropout=0.3)
+        if standin:
+            model[4] = Repeat()  # conv 2
+        return model.to(memory_format=torch.channels_last)
 
     rng = np.random.default_rng(0)
     n = 4900
@@ -532,11 +533,9 @@ def torch_bound(args):
         return run
 
     runs = {"torch": make(False), "torch no conv 2": make(True)}
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleaved
-        for name, run in runs.items():
-            times[name].append(_median_ms(run, 1, args.steps))
-    return {f"{name} ms": float(np.median(t)) for name, t in times.items()}
+    return {
+        f"{name} ms": ms for name, ms in _interleaved_ms(runs, args.repeats, args.steps).items()
+    }
 
 
 CHILDREN = {
